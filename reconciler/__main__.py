@@ -1,0 +1,3 @@
+from reconciler.cli import run
+
+run()

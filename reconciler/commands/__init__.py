@@ -1,0 +1,1 @@
+"""One module per area registering its ``myco`` verbs; see :mod:`reconciler.cli`."""

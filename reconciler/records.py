@@ -1,0 +1,222 @@
+"""Records that cross the control fabric (DESIGN §3): the contract between the parts.
+
+Every record is a frozen dataclass that turns into plain JSON (``to_json``) and back
+(``from_json``). Each is published by its owner under a fixed key:
+
+=====================  ==============  ==========================================
+key                    owner           record
+=====================  ==============  ==========================================
+``node``               agent           :class:`NodeRecord`
+``inst/<instance>``    agent           :class:`InstanceRecord`
+``garden``             reconciler      :class:`GardenRevisionRecord`
+``lease``              reconciler      :class:`LeaseRecord`
+``intents/<node>``     active reconc.  :class:`IntentRecord`
+``routes/<app>``       active reconc.  :class:`RouteRecord`
+``edge/stats``         edge            :class:`EdgeStatsRecord`
+=====================  ==============  ==========================================
+
+Intents and routes are level-triggered: the latest value is the whole truth, so a member
+that missed an update converges at the next anti-entropy round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self, TypeVar
+
+from reconciler.errors import FabricError
+
+KEY_NODE = "node"
+KEY_GARDEN = "garden"
+KEY_LEASE = "lease"
+KEY_EDGE_STATS = "edge/stats"
+PREFIX_INSTANCE = "inst/"
+PREFIX_INTENTS = "intents/"
+PREFIX_ROUTES = "routes/"
+
+Phase = Literal["fetching", "starting", "ready", "draining", "failed", "exited"]
+PHASES: tuple[Phase, ...] = ("fetching", "starting", "ready", "draining", "failed", "exited")
+
+T = TypeVar("T", bound="_Record")
+
+
+def instance_key(instance_id: str) -> str:
+    return PREFIX_INSTANCE + instance_id
+
+
+def intents_key(node_id: str) -> str:
+    return PREFIX_INTENTS + node_id
+
+
+def routes_key(app: str) -> str:
+    return PREFIX_ROUTES + app
+
+
+@dataclass(frozen=True)
+class Nutrients:
+    """CPU in thousandths of a core and memory in MiB: both a budget and a capacity."""
+
+    cpu_milli: int = 0
+    memory_mb: int = 0
+
+    def fits_in(self, other: Nutrients) -> bool:
+        return self.cpu_milli <= other.cpu_milli and self.memory_mb <= other.memory_mb
+
+    def __add__(self, other: Nutrients) -> Nutrients:
+        return Nutrients(self.cpu_milli + other.cpu_milli, self.memory_mb + other.memory_mb)
+
+    def __sub__(self, other: Nutrients) -> Nutrients:
+        return Nutrients(self.cpu_milli - other.cpu_milli, self.memory_mb - other.memory_mb)
+
+
+class _Record:
+    """JSON round-trip for the frozen dataclasses below (nested dataclasses included)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+
+    @classmethod
+    def from_json(cls, data: object) -> Self:
+        if not isinstance(data, dict):
+            raise FabricError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        try:
+            built: Self = _build(cls, data)
+            return built
+        except (TypeError, ValueError) as exc:
+            raise FabricError(f"{cls.__name__}: {exc}") from exc
+
+
+def _build(cls: type[Any], data: dict[str, Any]) -> Any:
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = hints.get(name)
+        if f is None:
+            continue  # newer writers may add fields; readers ignore what they do not know
+        target = _NESTED.get((cls.__name__, name))
+        if target is not None and isinstance(value, dict):
+            value = _build(target, value)
+        elif target is not None and isinstance(value, list):
+            value = tuple(_build(target, v) if isinstance(v, dict) else v for v in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class NodeRecord(_Record):
+    node_id: str
+    gossip_addr: str = ""
+    api_url: str = ""
+    roles: tuple[str, ...] = ("agent",)
+    capacity: Nutrients = field(default_factory=Nutrients)
+    free: Nutrients = field(default_factory=Nutrients)
+    labels: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceRecord(_Record):
+    instance_id: str
+    app: str
+    digest: str
+    version: str = ""
+    node: str = ""
+    phase: Phase = "fetching"
+    endpoint: str | None = None  # "host:port" once listening
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    healthy: bool = False
+    enforcement: str = ""  # "cgroup2" | "cgroup1" | "rlimit"
+    message: str = ""
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    rss_mb: float = 0.0
+    cpu_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class IntentInstance(_Record):
+    """One instance a node should run."""
+
+    instance_id: str
+    app: str
+    digest: str
+    version: str = ""
+    nutrients: Nutrients = field(default_factory=Nutrients)
+    fetch_urls: tuple[str, ...] = ()  # base URLs serving GET {url}/spores/{digest}
+
+
+@dataclass(frozen=True)
+class IntentRecord(_Record):
+    """Everything one node should run, from the active reconciler (lease ``epoch``)."""
+
+    node: str
+    epoch: int
+    revision: str = ""
+    instances: tuple[IntentInstance, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backend(_Record):
+    instance_id: str
+    endpoint: str  # "host:port"
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class RouteRecord(_Record):
+    """Where the edge sends ``{prefix}/...``; ``draining`` endpoints get no new requests."""
+
+    app: str
+    prefix: str
+    epoch: int = 0
+    backends: tuple[Backend, ...] = ()
+    draining: tuple[str, ...] = ()
+    revision: str = ""
+
+
+@dataclass(frozen=True)
+class AppStatus(_Record):
+    sync: str = "OutOfSync"  # Synced | OutOfSync | InvalidSpec
+    health: str = "Missing"  # Healthy | Progressing | Degraded | Suspended | Missing
+    reason: str = ""
+    spec_digest: str = ""
+    desired: int = 0
+    ready: int = 0
+    rollout: str = ""
+
+
+@dataclass(frozen=True)
+class GardenRevisionRecord(_Record):
+    revision: str
+    source: str = ""
+    commit: str = ""
+    apps: dict[str, Any] = field(default_factory=dict)  # name -> AppStatus.to_json()
+
+
+@dataclass(frozen=True)
+class LeaseRecord(_Record):
+    holder: str
+    epoch: int
+    expires_at: float  # wall-clock seconds; renewed well before
+
+
+@dataclass(frozen=True)
+class EdgeStatsRecord(_Record):
+    apps: dict[str, Any] = field(
+        default_factory=dict
+    )  # app -> {requests, errors_5xx, p50_ms, p99_ms, rps}
+    at: float = 0.0
+
+
+_NESTED: dict[tuple[str, str], type[Any]] = {
+    ("NodeRecord", "capacity"): Nutrients,
+    ("NodeRecord", "free"): Nutrients,
+    ("IntentInstance", "nutrients"): Nutrients,
+    ("IntentRecord", "instances"): IntentInstance,
+    ("RouteRecord", "backends"): Backend,
+}
