@@ -1,0 +1,217 @@
+"""The agent's local HTTP API (aiohttp), as docs/INTERFACES.md lists it.
+
+``GET /v1/node``, ``/v1/instances``, ``/v1/fabric?prefix=``, ``/v1/logs/{instance}?follow=1``,
+``/spores/{digest}`` (the spores this agent holds, for its peers) and ``/metrics``
+(Prometheus text). Bound to loopback by default. Bound anywhere else, every request must
+carry ``Authorization: Bearer <token>`` with the token from ``<state>/api.token`` (made on
+first use, mode 0600); anything else is refused with 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from reconciler.agent.logfiles import tail_lines
+from reconciler.errors import ConfigError
+from reconciler.records import PHASES
+from reconciler.repo import SporeRepo
+from reconciler.repo.http import spore_routes
+
+if TYPE_CHECKING:
+    from reconciler.agent.agent import Agent
+
+log = logging.getLogger("myco.agent")
+
+TOKEN_FILE = "api.token"
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
+FOLLOW_POLL_S = 0.2
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def split_hostport(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"bad address {bind!r}: expected host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_or_make_token(state_dir: Path) -> str:
+    path = state_dir / TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def token_middleware(token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(got, expected):
+            raise web.HTTPUnauthorized(
+                text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return await handler(request)
+
+    return check
+
+
+def make_app(agent: Agent, token: str | None) -> web.Application:
+    app = web.Application(middlewares=[token_middleware(token)] if token else [])
+    app[AGENT_KEY] = agent
+    app.router.add_get("/v1/node", node)
+    app.router.add_get("/v1/instances", instances)
+    app.router.add_get("/v1/fabric", fabric_view)
+    app.router.add_get("/v1/logs/{instance}", logs)
+    app.router.add_get("/metrics", metrics)
+    app.add_routes(spore_routes(SporeRepo(agent.config.state_dir)))
+    return app
+
+
+async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
+    host, port = split_hostport(bind)
+    auth = agent.config.api_auth
+    if auth == "none" and not is_loopback(host):
+        raise ConfigError(f"the agent API on {bind} is not loopback: it needs a token")
+    need = auth == "token" or (auth == "auto" and not is_loopback(host))
+    token = load_or_make_token(agent.config.state_dir) if need else None
+    runner = web.AppRunner(make_app(agent, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot bind the agent API to {bind}: {exc.strerror}") from exc
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    agent.api_url = f"http://{shown}:{bound}"
+    log.info("agent API on %s%s", agent.api_url, " (bearer token required)" if token else "")
+    return runner
+
+
+async def node(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    body = agent.node_record().to_json()
+    body["enforcement"] = agent.enforcer.mechanism
+    body["enforcement_reason"] = agent.enforcer.reason
+    body["epoch"] = agent.max_epoch
+    return web.json_response(body)
+
+
+async def instances(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    return web.json_response([r.to_json() for r in agent.instances()])
+
+
+async def fabric_view(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    prefix = request.query.get("prefix", "")
+    view = agent.fabric.view(prefix)
+    out = [{"owner": o, "key": k, "value": v} for (o, k), v in sorted(view.items())]
+    return web.json_response(out)
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT_KEY]
+    iid = request.match_info["instance"]
+    path = agent.state.log_path(iid)
+    if "/" in iid or iid.startswith(".") or not path.exists():
+        raise web.HTTPNotFound(text=f"no logs for instance {iid!r}\n")
+    follow = request.query.get("follow", "") in ("1", "true", "yes")
+    tail = request.query.get("tail", "")
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await resp.prepare(request)
+    if tail.isdigit():
+        lines = tail_lines(path, int(tail), max_bytes=1 << 20)
+        await resp.write("".join(line + "\n" for line in lines).encode())
+        pos = path.stat().st_size
+    else:
+        pos = 0
+    while True:
+        pos = await _copy_new(path, pos, resp)
+        if not follow or (iid not in agent.records and not path.exists()):
+            break
+        await asyncio.sleep(FOLLOW_POLL_S)
+    await resp.write_eof()
+    return resp
+
+
+async def _copy_new(path: Path, pos: int, resp: web.StreamResponse) -> int:
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < pos:
+                pos = 0  # rotated (copy-truncate): start again at the top
+            f.seek(pos)
+            while chunk := f.read(65536):
+                await resp.write(chunk)
+                pos += len(chunk)
+    except FileNotFoundError:
+        pass
+    return pos
+
+
+async def metrics(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    node_label = f'node="{agent.config.node}"'
+    lines: list[str] = []
+    counts = dict.fromkeys(PHASES, 0)
+    restarts = 0
+    rss = 0.0
+    for r in agent.instances():
+        counts[r.phase] = counts.get(r.phase, 0) + 1
+        restarts += r.restarts
+        rss += r.rss_mb
+    lines.append("# TYPE myco_agent_instances gauge")
+    for phase, n in counts.items():
+        lines.append(f'myco_agent_instances{{{node_label},phase="{phase}"}} {n}')
+    lines.append("# TYPE myco_agent_instance_restarts gauge")
+    lines.append(f"myco_agent_instance_restarts{{{node_label}}} {restarts}")
+    lines.append("# TYPE myco_agent_instance_rss_mb gauge")
+    lines.append(f"myco_agent_instance_rss_mb{{{node_label}}} {rss:.1f}")
+    for name, value in sorted(agent.metrics.items()):
+        lines.append(f"# TYPE myco_agent_{name} counter")
+        lines.append(f"myco_agent_{name}{{{node_label}}} {value}")
+    rec = agent.node_record()
+    lines.append("# TYPE myco_agent_free_cpu_milli gauge")
+    lines.append(f"myco_agent_free_cpu_milli{{{node_label}}} {rec.free.cpu_milli}")
+    lines.append("# TYPE myco_agent_free_memory_mb gauge")
+    lines.append(f"myco_agent_free_memory_mb{{{node_label}}} {rec.free.memory_mb}")
+    mech = agent.enforcer.mechanism
+    lines.append("# TYPE myco_agent_enforcement gauge")
+    lines.append(f'myco_agent_enforcement{{{node_label},mechanism="{mech}"}} 1')
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

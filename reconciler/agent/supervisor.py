@@ -1,0 +1,333 @@
+"""One instance's life: start (or re-adopt), health-check, restart with backoff, wither.
+
+A :class:`Supervisor` is driven by one task the agent owns (:meth:`Supervisor.lifecycle`).
+Cancelling that task *detaches*: the process keeps running and a restarted agent adopts
+it again from the state directory. :meth:`Supervisor.request_wither` makes the same task
+drain and stop the instance for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+import psutil
+
+from reconciler.agent.health import check_http
+from reconciler.agent.logfiles import remove_logs, rotate_if_needed, tail_lines
+from reconciler.agent.nutrients import Enforcer, oom_kills
+from reconciler.agent.policy import RestartTracker
+from reconciler.agent.runner import LaunchSpec, ProcessRunner, ProcInfo
+from reconciler.agent.state import PersistedInstance, StateDir
+from reconciler.records import InstanceRecord, Phase
+
+log = logging.getLogger("myco.agent")
+
+BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    node: str
+    advertise_host: str = "127.0.0.1"
+    unhealthy_threshold: int = 3  # consecutive failed checks of a ready instance
+    first_check_s: float = 0.01  # health polling while starting grows from here...
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+    drain_delay_s: float = 0.5  # after the edge stopped listing the endpoint
+    drain_timeout_s: float = 10.0  # bound on waiting for the edge
+    kill_wait_s: float = 5.0  # bound on waiting for SIGKILLed processes to vanish
+    tail_lines: int = 10
+
+
+Report = Callable[[InstanceRecord], None]
+RouteCheck = Callable[[str], bool]  # endpoint -> still listed by some routes/* record
+
+
+class Supervisor:
+    def __init__(
+        self,
+        persisted: PersistedInstance,
+        *,
+        runner: ProcessRunner,
+        enforcer: Enforcer,
+        state: StateDir,
+        session: aiohttp.ClientSession,
+        settings: SupervisorSettings,
+        report: Report,
+        routed: RouteCheck,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.p = persisted
+        self.runner = runner
+        self.enforcer = enforcer
+        self.state = state
+        self.session = session
+        self.settings = settings
+        self._report = report
+        self._routed = routed
+        self.clock = clock or RealClock()
+        self.tracker = RestartTracker(persisted.config.restart, rng or random.Random())
+        self.tracker.restarts = persisted.restarts
+        self._stop = asyncio.Event()
+        self._wait: asyncio.Task[int | None] | None = None
+        self._oom_seen = oom_kills(persisted.limits)
+        c = persisted.config
+        self.log_path = state.log_path(c.instance_id)
+        self.record = InstanceRecord(
+            instance_id=c.instance_id,
+            app=c.app,
+            digest=c.digest,
+            version=c.version,
+            node=c.node,
+            phase="starting",
+            endpoint=self.endpoint,
+            enforcement=persisted.limits.mechanism,
+            started_at=persisted.started_at,
+            restarts=persisted.restarts,
+        )
+
+    # --- public -------------------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        return self.p.config.instance_id
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.settings.advertise_host}:{self.p.port}"
+
+    def request_wither(self) -> None:
+        self._stop.set()
+
+    async def lifecycle(self) -> None:
+        """Run until asked to wither, then drain and stop; cancel to detach instead."""
+        run = asyncio.ensure_future(self._run())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._stop.is_set():
+                await stop  # failed or exited for good: stay reported until withered
+        finally:
+            for t in (run, stop):
+                t.cancel()
+            for t in (run, stop):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            if self._wait is not None and not self._wait.done():
+                self._wait.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._wait
+            self._wait = None
+            if run.done() and not run.cancelled() and run.exception() is not None:
+                log.error("supervisor of %s crashed", self.instance_id, exc_info=run.exception())
+        await self._wither()
+
+    # --- reporting ----------------------------------------------------------------------
+    def _set(self, phase: Phase, **fields: object) -> None:
+        rss = 0.0
+        pid = self.p.proc.pid if self.p.proc else None
+        if pid is not None and phase in ("starting", "ready"):
+            with contextlib.suppress(psutil.Error):
+                rss = psutil.Process(pid).memory_info().rss / (1024 * 1024)
+        self.record = replace(
+            self.record,
+            phase=phase,
+            pid=pid if phase in ("starting", "ready", "draining") else None,
+            restarts=self.tracker.restarts,
+            rss_mb=round(rss, 1),
+            updated_at=self.clock.time(),
+            **fields,  # type: ignore[arg-type]
+        )
+        self._report(self.record)
+
+    # --- running ------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        c = self.p.config
+        env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
+        env.update(dict(c.env))
+        env.update(
+            PORT=str(self.p.port),
+            MYCO_APP=c.app,
+            MYCO_INSTANCE=c.instance_id,
+            MYCO_NODE=c.node,
+        )
+        return env
+
+    def _start(self) -> ProcInfo:
+        c = self.p.config
+        spec = LaunchSpec(
+            instance_id=c.instance_id,
+            node=c.node,
+            argv=c.argv,
+            cwd=Path(c.cwd),
+            env=self._env(),
+            log_path=self.log_path,
+            limits=self.p.limits,
+        )
+        info = self.runner.start(spec)
+        self.p = replace(self.p, proc=info, started_at=self.clock.time())
+        self.p = replace(self.p, restarts=self.tracker.restarts)
+        self.state.save(self.p)
+        log.info("started %s pid %s (%s)", c.instance_id, info.pid, self.p.limits.mechanism)
+        return info
+
+    async def _run(self) -> None:
+        info = self.p.proc
+        if info is not None:
+            if self.runner.adopt(info):
+                log.info("re-adopted %s pid %s", self.instance_id, info.pid)
+            else:
+                log.info("%s: pid %s is gone or reused; starting again", self.instance_id, info.pid)
+                await self._terminate(info, 0.0, wait=False)
+                info = None
+        while True:
+            if info is None:
+                info = self._start()
+            self._set("starting", started_at=self.p.started_at, message="", healthy=False)
+            self._wait = asyncio.ensure_future(self.runner.wait(info))
+            unhealthy_msg = await self._watch()
+            if unhealthy_msg:
+                await self._terminate(info, self.p.config.restart.stop_grace_s, wait=True)
+            code = await self._wait
+            self._wait = None
+            self.p = replace(self.p, proc=None)
+            self.state.save(self.p)
+            ooms = oom_kills(self.p.limits)
+            oom = ooms > self._oom_seen
+            self._oom_seen = ooms
+            why = unhealthy_msg or f"exited with code {code}"
+            if oom:
+                mb = self.p.config.nutrients.memory_mb
+                why = f"killed by the OOM killer (memory limit {mb} MiB)"
+            verdict = self.tracker.record_failure(self.clock.monotonic(), code, bool(unhealthy_msg))
+            log.info("%s: %s; %s", self.instance_id, why, verdict.reason)
+            if verdict.crash_loop:
+                lines = tail_lines(self.log_path, self.settings.tail_lines)
+                msg = f"{verdict.reason}; last: {why}"
+                if lines:
+                    msg += "\n" + "\n".join(lines)
+                self._set("failed", last_exit_code=code, healthy=False, message=msg)
+                return
+            if not verdict.restart:
+                self._set("exited", last_exit_code=code, healthy=False, message=why)
+                return
+            self._set(
+                "starting",
+                last_exit_code=code,
+                healthy=False,
+                message=f"{why}; restart in {verdict.delay_s:.2f}s",
+            )
+            await self.clock.sleep(verdict.delay_s)
+            info = None
+
+    async def _watch(self) -> str:
+        """Health-check until the process ends ("") or turns unhealthy (the reason)."""
+        assert self._wait is not None
+        h = self.p.config.health
+        start = self.clock.monotonic()
+        ready = False
+        bad = 0
+        step = self.settings.first_check_s
+        while True:
+            sleeper = asyncio.ensure_future(self.clock.sleep(step if not ready else h.interval_s))
+            try:
+                await asyncio.wait({self._wait, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sleeper
+            if self._wait.done():
+                return ""
+            rotate_if_needed(self.log_path, self.settings.log_max_bytes, self.settings.log_keep)
+            ok = await check_http(self.session, self.endpoint, h.path, h.timeout_s)
+            if ok:
+                bad = 0
+                if not ready:
+                    ready = True
+                    self._set("ready", healthy=True, message="")
+                continue
+            if not ready:
+                if self.clock.monotonic() - start > h.grace_s:
+                    return f"not healthy within {h.grace_s:g}s"
+                step = min(step * 1.5, max(h.interval_s, self.settings.first_check_s))
+                continue
+            bad += 1
+            if bad >= self.settings.unhealthy_threshold:
+                return f"failed {bad} health checks in a row"
+            if self.record.healthy:
+                self._set("ready", healthy=False, message=f"health check failed ({bad})")
+
+    async def _terminate(self, info: ProcInfo, grace: float, *, wait: bool) -> None:
+        """SIGTERM to the whole group and cgroup, ``grace``, then SIGKILL; until none left."""
+        c = self.p.config
+        lim = self.p.limits
+
+        def members() -> set[int]:
+            return self.runner.members(info, c.instance_id, c.node, lim)
+
+        if members():
+            self.runner.signal(info, c.instance_id, c.node, lim, signal.SIGTERM)
+            deadline = self.clock.monotonic() + grace
+            while members() and self.clock.monotonic() < deadline:
+                await self.clock.sleep(0.02)
+        deadline = self.clock.monotonic() + self.settings.kill_wait_s
+        while members():
+            self.runner.signal(info, c.instance_id, c.node, lim, signal.SIGKILL)
+            if self.clock.monotonic() > deadline:
+                log.error("%s: processes %s survive SIGKILL", c.instance_id, sorted(members()))
+                break
+            await self.clock.sleep(0.01)
+        if wait and self._wait is None:
+            self._wait = asyncio.ensure_future(self.runner.wait(info))
+
+    async def _wither(self) -> None:
+        info = self.p.proc
+        c = self.p.config
+        if info is not None and self.runner.adopt(info):
+            self._set("draining", healthy=False, message="withering")
+            deadline = self.clock.monotonic() + self.settings.drain_timeout_s
+            while self._routed(self.endpoint) and self.clock.monotonic() < deadline:
+                await self.clock.sleep(0.05)
+            await self.clock.sleep(min(self.settings.drain_delay_s, self.settings.drain_timeout_s))
+            await self._terminate(info, c.restart.stop_grace_s, wait=True)
+            if self._wait is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._wait
+                self._wait = None
+        elif info is not None:
+            await self._terminate(info, 0.0, wait=False)
+        self.enforcer.remove(self.p.limits)
+        self.state.forget(c.instance_id)
+        remove_logs(self.log_path)
+        self._set("exited", healthy=False, message="withered")
+        log.info("withered %s", c.instance_id)

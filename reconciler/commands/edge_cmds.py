@@ -1,0 +1,145 @@
+"""``myco edge``: the ingress router (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import UsageError
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "edge",
+        parents=[common],
+        help="run the edge router: proxy /{app}/... to the app's live backends",
+        description=(
+            "Join the control fabric, read the route table (routes/<app>) and proxy "
+            "/{app}/rest to the app's backends with the prefix stripped."
+        ),
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="ADDR",
+        help="HTTP address to serve on (default 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--join",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="ADDR",
+        help="gossip address(es) of fabric members to join",
+    )
+    p.add_argument(
+        "--gossip-key",
+        type=Path,
+        metavar="FILE",
+        help="keyring file of the fabric (base64 AES keys, one per line)",
+    )
+    p.add_argument(
+        "--gossip-bind",
+        default="127.0.0.1:0",
+        metavar="ADDR",
+        help="this member's gossip address (default 127.0.0.1:0)",
+    )
+    p.add_argument("--name", default="", help="fabric member name (default edge-<host>-<pid>)")
+    p.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="APP=HOST:PORT[*W],...",
+        help="a fixed route instead of the fabric's (repeatable; for tests, benchmarks)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT (default 1)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop: uvloop if installed (auto), or force one",
+    )
+    p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
+    p.add_argument("--read-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument(
+        "--total-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="limit on a whole exchange, 0 for none (default 300)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="other backends one request may try after the first (default 2)",
+    )
+    p.add_argument("--eject-after-5xx", type=int, default=5, metavar="N")
+    p.add_argument(
+        "--eject-for",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="base ejection time of a failing backend (default 5)",
+    )
+    p.add_argument("--stats-interval", type=float, default=10.0, metavar="S")
+    p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S")
+    p.set_defaults(func=run_edge_cmd)
+
+
+def run_edge_cmd(args: argparse.Namespace) -> int:
+    from reconciler.edge.config import (
+        EdgeConfig,
+        EjectionPolicy,
+        RetryPolicy,
+        Timeouts,
+        parse_addr,
+    )
+    from reconciler.edge.process import EdgeRunSpec, run
+    from reconciler.edge.source import parse_static_route
+
+    if not args.join and not args.route:
+        raise UsageError("edge: give --join ADDR... (the fabric) or --route APP=HOST:PORT")
+    if args.join and args.route:
+        raise UsageError("edge: --join and --route exclude each other")
+    if args.workers < 1:
+        raise UsageError("edge: --workers must be at least 1")
+    if args.retries < 0:
+        raise UsageError("edge: --retries must be 0 or more")
+    if args.gossip_key is not None and not args.gossip_key.is_file():
+        raise UsageError(f"edge: --gossip-key {args.gossip_key}: no such file")
+    host, port = parse_addr(args.listen)
+    config = EdgeConfig(
+        host=host,
+        port=port,
+        timeouts=Timeouts(args.connect_timeout, args.read_timeout, args.total_timeout),
+        ejection=EjectionPolicy(
+            consecutive_5xx=args.eject_after_5xx,
+            base_s=args.eject_for,
+            max_s=max(60.0, args.eject_for),
+        ),
+        retry=RetryPolicy(max_attempts=1 + args.retries),
+        stats_interval_s=args.stats_interval,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    spec = EdgeRunSpec(
+        config=config,
+        joins=tuple(args.join),
+        gossip_key=args.gossip_key,
+        gossip_bind=args.gossip_bind,
+        name=args.name,
+        static_routes=tuple(parse_static_route(r) for r in args.route),
+        workers=args.workers,
+        loop=args.loop,
+        verbosity=args.verbose,
+        log_format=args.log_format,
+    )
+    return run(spec)

@@ -1,0 +1,57 @@
+"""The nutrient ledger: free credits per node during one plan, and where a new instance goes.
+
+A node's credits are its capacity (from the host, or overridden per node) minus the
+nutrients of every instance the intents give it. Placement spreads an app's instances
+(fewest of this app first), then prefers the node with the most free credits; ties go to
+the node id, so a plan is deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+
+from reconciler.records import Nutrients
+
+
+class Ledger:
+    def __init__(self, free: Mapping[str, Nutrients], eligible: Iterable[str]) -> None:
+        self.free: dict[str, Nutrients] = dict(free)
+        self.eligible: frozenset[str] = frozenset(eligible)
+
+    def take(self, node: str, need: Nutrients) -> None:
+        self.free[node] = self.free.get(node, Nutrients()) - need
+
+    def give(self, node: str, need: Nutrients) -> None:
+        self.free[node] = self.free.get(node, Nutrients()) + need
+
+    def place(self, need: Nutrients, count: int, spread: Mapping[str, int]) -> list[str]:
+        """Nodes for up to ``count`` new instances (fewer if nothing fits); takes credits.
+
+        ``spread`` counts the app's instances per node already.
+        """
+        if count <= 0:
+            return []
+        heap: list[tuple[int, int, int, str]] = []
+        for node in self.eligible:
+            free = self.free.get(node, Nutrients())
+            if need.fits_in(free):
+                heap.append((spread.get(node, 0), -free.cpu_milli, -free.memory_mb, node))
+        heapq.heapify(heap)
+        chosen: list[str] = []
+        while heap and len(chosen) < count:
+            n, _, _, node = heapq.heappop(heap)
+            self.take(node, need)
+            chosen.append(node)
+            free = self.free[node]
+            if need.fits_in(free):
+                heapq.heappush(heap, (n + 1, -free.cpu_milli, -free.memory_mb, node))
+        return chosen
+
+    def over(self, capacity: Mapping[str, Nutrients]) -> dict[str, Nutrients]:
+        """Nodes whose credits went negative (never, for what the plan itself placed)."""
+        return {
+            node: free
+            for node, free in self.free.items()
+            if node in capacity and (free.cpu_milli < 0 or free.memory_mb < 0)
+        }

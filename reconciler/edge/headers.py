@@ -1,0 +1,139 @@
+"""Header rules of the proxy (pure): hop-by-hop stripping, forwarding and request ids."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: RFC 9110 §7.6.1 connection-specific fields, plus the non-standard ones proxies drop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: Handshake fields a WebSocket client library makes itself for the upstream leg.
+_WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=/-]{0,127}")
+
+EDGE_HEADER = "X-Mycelium-Edge"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+Headers = CIMultiDictProxy[str] | CIMultiDict[str]
+
+
+def _connection_tokens(headers: Headers) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def request_id(incoming: str | None) -> str:
+    """Keep a well-formed incoming id (1-128 safe characters), else make a fresh one."""
+    if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def upstream_request_headers(
+    incoming: Headers,
+    *,
+    client_ip: str,
+    scheme: str,
+    rid: str,
+    edge_time: str,
+    websocket: bool = False,
+) -> CIMultiDict[str]:
+    """The headers to send to the backend for a request that arrived with ``incoming``.
+
+    ``Host`` is left for the client library (the backend's address); the original one goes
+    in ``X-Forwarded-Host``. ``X-Forwarded-For`` gets the client appended.
+    """
+    drop = (
+        HOP_BY_HOP
+        | _connection_tokens(incoming)
+        | {"host", "x-forwarded-proto", "x-forwarded-host"}
+    )
+    if websocket:
+        drop |= _WS_HANDSHAKE
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lname = name.lower()
+        if lname in drop or lname == "x-request-id" or lname == "x-forwarded-for":
+            continue
+        out.add(name, value)
+    prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+    out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    out["X-Forwarded-Proto"] = scheme
+    host = incoming.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    out[REQUEST_ID_HEADER] = rid
+    out[EDGE_HEADER] = edge_time
+    return out
+
+
+def downstream_response_headers(upstream: Headers, *, rid: str) -> CIMultiDict[str]:
+    """The backend's response headers minus hop-by-hop ones, plus the request id."""
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    if REQUEST_ID_HEADER not in out:
+        out[REQUEST_ID_HEADER] = rid
+    return out
+
+
+def is_websocket_upgrade(headers: Headers) -> bool:
+    return "websocket" in headers.get("Upgrade", "").lower() and "upgrade" in _connection_tokens(
+        headers
+    )
+
+
+def websocket_protocols(headers: Headers) -> tuple[str, ...]:
+    return tuple(_split(headers.getall("Sec-WebSocket-Protocol", ())))
+
+
+def _split(values: Iterable[str]) -> Iterable[str]:
+    for v in values:
+        for part in v.split(","):
+            if part.strip():
+                yield part.strip()
+
+
+class Rfc3339Clock:
+    """RFC 3339 UTC time (``2026-11-26T11:00:25Z``), formatted once per second."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def now(self, wall: float | None = None) -> str:
+        t = time.time() if wall is None else wall
+        sec = int(t)
+        if sec != self._second:
+            self._second = sec
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sec))
+        return self._text

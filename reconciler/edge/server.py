@@ -1,0 +1,170 @@
+"""One edge worker: the listening socket, the proxy, the route source and the stats loop.
+
+:func:`running_edge` is an async context manager that starts everything, yields a
+:class:`RunningEdge` once the first route set is applied and the socket listens, and on
+exit stops accepting, lets requests in flight finish (up to ``shutdown_grace_s``) and
+cancels and awaits its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from reconciler.edge.config import EdgeConfig
+from reconciler.edge.proxy import EdgeProxy, make_session
+from reconciler.edge.routing import RouteTable
+from reconciler.edge.source import RouteSource
+from reconciler.edge.stats import EdgeStats
+from reconciler.errors import EdgeError
+from reconciler.records import RouteRecord
+
+log = logging.getLogger("myco.edge")
+
+#: Called every stats interval with ``(apps, wall_time)``; ``apps`` is EdgeStatsRecord.apps.
+StatsSink = Callable[[dict[str, dict[str, Any]], float], None]
+
+
+def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening TCP socket; ``reuse_port`` lets several workers share the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise EdgeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+@dataclass
+class RunningEdge:
+    config: EdgeConfig
+    table: RouteTable
+    stats: EdgeStats
+    proxy: EdgeProxy
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    def set_routes(self, routes: Sequence[RouteRecord]) -> None:
+        self.table.update(routes)
+
+
+def log_stats(apps: dict[str, dict[str, Any]], at: float) -> None:
+    for app, s in apps.items():
+        log.info(
+            "stats app=%s requests=%d 5xx=%d rps=%.1f p50=%.2fms p99=%.2fms",
+            app,
+            s["requests"],
+            s["errors_5xx"],
+            s["rps"],
+            s["p50_ms"],
+            s["p99_ms"],
+        )
+
+
+@asynccontextmanager
+async def running_edge(
+    config: EdgeConfig,
+    source: RouteSource | None = None,
+    *,
+    sock: socket.socket | None = None,
+    stats_sink: StatsSink | None = None,
+    ready_timeout: float = 30.0,
+) -> AsyncIterator[RunningEdge]:
+    """Run one edge worker for the duration of the ``async with`` block.
+
+    Without a ``source`` the table starts empty and the caller sets it
+    (:meth:`RunningEdge.set_routes`).
+    """
+    own_sock = sock is None
+    if sock is None:
+        sock = listen_socket(config.host, config.port)
+    port = int(sock.getsockname()[1])
+    table = RouteTable(config.ejection)
+    stats = EdgeStats(time.monotonic())
+    session = make_session(config)
+    proxy = EdgeProxy(config, table, stats, session)
+    server = web.Server(proxy.handle, access_log=None, keepalive_timeout=75.0)
+    runner = web.ServerRunner(
+        server, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
+    )
+    edge = RunningEdge(config, table, stats, proxy, port)
+    # Tasks are owned here and cancelled and awaited on the way out. Not a TaskGroup:
+    # it would wrap the caller's own exceptions from the ``async with`` body in a group.
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if source is not None:
+            ready = asyncio.Event()
+            tasks.append(asyncio.create_task(source.run(table.update, ready), name="edge-routes"))
+            await _wait_ready(ready, tasks[0], ready_timeout)
+        tasks.append(asyncio.create_task(_stats_loop(config, stats, stats_sink), name="edge-stats"))
+        tasks.append(asyncio.create_task(_sweep_loop(config, proxy), name="edge-pool-sweep"))
+        await runner.setup()
+        try:
+            await web.SockSite(runner, sock).start()
+            log.info("edge listening on %s:%d", config.host, port)
+            yield edge
+        finally:
+            await runner.cleanup()  # stop accepting, finish in-flight, close
+    finally:
+        for t in tasks:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+        proxy.close()
+        if own_sock:
+            sock.close()
+        for r in results:
+            if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
+                log.error("edge task failed: %s", r)
+
+
+async def _wait_ready(ready: asyncio.Event, task: asyncio.Task[None], within: float) -> None:
+    waiter = asyncio.ensure_future(ready.wait())
+    try:
+        done, _ = await asyncio.wait({waiter, task}, timeout=within, return_when="FIRST_COMPLETED")
+    finally:
+        waiter.cancel()
+    if waiter not in done:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise EdgeError(f"route source failed: {task.exception()}")
+        raise EdgeError(f"no route table within {within:.0f}s")
+
+
+async def _sweep_loop(config: EdgeConfig, proxy: EdgeProxy) -> None:
+    """Close pooled upstream connections idle for longer than the keep-alive time."""
+    while True:
+        await asyncio.sleep(config.pool.keepalive_s / 2)
+        if proxy.pool is not None:
+            proxy.pool.sweep()
+
+
+async def _stats_loop(config: EdgeConfig, stats: EdgeStats, sink: StatsSink | None) -> None:
+    while True:
+        await asyncio.sleep(config.stats_interval_s)
+        apps = stats.roll(time.monotonic())
+        if not apps:
+            continue
+        log_stats(apps, time.time())
+        if sink is not None:
+            try:
+                sink(apps, time.time())
+            except Exception:  # a stats sink must never stop the proxy
+                log.exception("publishing edge stats failed")

@@ -1,0 +1,119 @@
+"""Where the route table comes from: the fabric's ``routes/`` keys, or a fixed list.
+
+A :class:`RouteSource` calls ``apply`` with the whole set of routes each time it may have
+changed (routes are level-triggered: the latest set is the whole truth), and sets
+``ready`` once the first set was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from reconciler.errors import ConfigError, FabricError
+from reconciler.fabric.api import FabricAPI, JSONValue
+from reconciler.records import PREFIX_ROUTES, Backend, RouteRecord
+
+log = logging.getLogger("myco.edge")
+
+ApplyRoutes = Callable[[Sequence[RouteRecord]], None]
+
+
+class RouteSource(Protocol):
+    async def run(self, apply: ApplyRoutes, ready: asyncio.Event) -> None:
+        """Feed ``apply`` until cancelled (or until the source ends)."""
+        ...
+
+
+def routes_from_view(view: Mapping[tuple[str, str], JSONValue]) -> list[RouteRecord]:
+    """Every well-formed route record in a fabric view; a bad one is logged and skipped."""
+    out: list[RouteRecord] = []
+    for (owner, key), value in sorted(view.items()):
+        if not key.startswith(PREFIX_ROUTES) or value is None:
+            continue
+        try:
+            out.append(RouteRecord.from_json(value))
+        except FabricError as exc:
+            log.warning("ignoring route %s of %s: %s", key, owner, exc)
+    return out
+
+
+class FabricRouteSource:
+    """Reads ``routes/<app>`` from the fabric: on every change, and every ``resync_s``.
+
+    The periodic re-read makes the edge converge even if a change notification is missed
+    (the view, not the stream of changes, is the truth).
+    """
+
+    def __init__(self, fabric: FabricAPI, resync_s: float = 1.0) -> None:
+        self.fabric = fabric
+        self.resync_s = resync_s
+
+    async def run(self, apply: ApplyRoutes, ready: asyncio.Event) -> None:
+        changed = asyncio.Event()
+        changes = self.fabric.subscribe(PREFIX_ROUTES)  # before the first read: no gap
+
+        async def watch() -> None:
+            async for _change in changes:
+                changed.set()
+
+        async with asyncio.TaskGroup() as tg:
+            watcher = tg.create_task(watch())
+            last: list[RouteRecord] | None = None
+            try:
+                while True:
+                    changed.clear()
+                    routes = routes_from_view(self.fabric.view(PREFIX_ROUTES))
+                    if routes != last:
+                        apply(routes)
+                        last = routes
+                        log.info("route table: %s", describe(routes))
+                    ready.set()
+                    try:
+                        await asyncio.wait_for(changed.wait(), self.resync_s)
+                    except TimeoutError:
+                        pass
+                    if watcher.done():
+                        return  # the fabric stopped
+            finally:
+                watcher.cancel()
+
+
+class StaticRouteSource:
+    """A fixed set of routes (``myco edge --route``), for a mesh-less edge and benchmarks."""
+
+    def __init__(self, routes: Iterable[RouteRecord]) -> None:
+        self.routes = list(routes)
+
+    async def run(self, apply: ApplyRoutes, ready: asyncio.Event) -> None:
+        apply(self.routes)
+        ready.set()
+        await asyncio.Event().wait()  # until cancelled
+
+
+def parse_static_route(spec: str) -> RouteRecord:
+    """``app=host:port[*weight],host:port...`` → a route with prefix ``/app``."""
+    app, sep, rest = spec.partition("=")
+    if not sep or not app or not rest:
+        raise ConfigError(f"bad --route {spec!r}: expected APP=HOST:PORT[,HOST:PORT...]")
+    backends = []
+    for i, part in enumerate(p for p in rest.split(",") if p):
+        endpoint, star, weight = part.partition("*")
+        try:
+            w = int(weight) if star else 1
+        except ValueError:
+            raise ConfigError(f"bad --route {spec!r}: weight {weight!r} is not a number") from None
+        backends.append(Backend(instance_id=f"{app}-static-{i}", endpoint=endpoint, weight=w))
+    return RouteRecord(app=app, prefix="/" + app, backends=tuple(backends))
+
+
+def describe(routes: Sequence[RouteRecord]) -> str:
+    if not routes:
+        return "empty"
+    return "; ".join(
+        f"{r.prefix} -> {','.join(f'{b.endpoint}*{b.weight}' for b in r.backends) or '-'}"
+        + (f" (draining {','.join(r.draining)})" if r.draining else "")
+        for r in routes
+    )

@@ -1,0 +1,53 @@
+"""memberlist's TransmitLimitedQueue: piggybacked broadcasts, fewest transmits first."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable
+
+from .codec import Message, wire_size
+
+
+class _Item:
+    __slots__ = ("transmits", "order", "size", "msg")
+
+    def __init__(self, order: int, msg: Message) -> None:
+        self.transmits = 0
+        self.order = order
+        self.size = wire_size(msg)
+        self.msg = msg
+
+
+class BroadcastQueue:
+    def __init__(self) -> None:
+        # A newer message for a key (a member, an owner's key) replaces the older one.
+        self._items: dict[Hashable, _Item] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def queue(self, key: Hashable, msg: Message) -> None:
+        self._items[key] = _Item(-next(self._seq), msg)
+
+    def transmits(self, key: Hashable) -> int | None:
+        item = self._items.get(key)
+        return None if item is None else item.transmits
+
+    def take(self, budget: int, limit: int) -> list[Message]:
+        """Messages that fit in ``budget`` bytes; each counts one transmit more."""
+        if not self._items or budget <= 0:
+            return []
+        out: list[Message] = []
+        ordered = sorted(self._items.items(), key=lambda kv: (kv[1].transmits, kv[1].order))
+        for key, item in ordered:
+            if item.size > budget:
+                if budget < 64:
+                    break
+                continue
+            budget -= item.size
+            out.append(item.msg)
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self._items[key]
+        return out

@@ -1,0 +1,150 @@
+"""AES-GCM keyring: one primary key encrypts, every installed key may decrypt (rotation).
+
+Packet layout: ``version(1) | nonce(12) | ciphertext+tag``. The associated data is the
+version byte followed by the cluster name, so a packet of another cluster never
+authenticates. A key file holds base64 AES keys (16, 24 or 32 bytes), one per line, the
+first being the primary.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from reconciler.errors import KeyFileError, PacketError
+
+VERSION_PLAIN = 0
+VERSION_AESGCM = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
+_KEY_SIZES = (16, 24, 32)
+
+
+class Keyring:
+    """Keys for the fabric's packets; ``keys[0]`` is the primary (sending) key."""
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self._keys: list[bytes] = []
+        self._ciphers: dict[bytes, AESGCM] = {}
+        for key in keys:
+            self.install(key)
+        if not self._keys:
+            raise KeyFileError("a keyring needs at least one key")
+
+    @classmethod
+    def generate(cls) -> Keyring:
+        return cls([secrets.token_bytes(32)])
+
+    @classmethod
+    def load(cls, path: Path | str) -> Keyring:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc}") from exc
+        keys = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                key = base64.b64decode(line, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise KeyFileError(f"{path}:{lineno}: not base64") from exc
+            if len(key) not in _KEY_SIZES:
+                raise KeyFileError(f"{path}:{lineno}: an AES key is 16, 24 or 32 bytes")
+            keys.append(key)
+        if not keys:
+            raise KeyFileError(f"{path}: no key in the file")
+        return cls(keys)
+
+    def save(self, path: Path | str, *, force: bool = False) -> None:
+        """Write the key file (mode 0600, atomically); refuse to clobber unless ``force``."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise KeyFileError(f"{path} exists (use --force to overwrite)")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        data = "".join(base64.b64encode(k).decode("ascii") + "\n" for k in self._keys)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise KeyFileError(f"cannot write key file {path}: {exc}") from exc
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        return tuple(self._keys)
+
+    @property
+    def primary(self) -> bytes:
+        return self._keys[0]
+
+    # Rotation: install everywhere, then use everywhere, then remove the old key.
+
+    def install(self, key: bytes) -> None:
+        if len(key) not in _KEY_SIZES:
+            raise KeyFileError("an AES key is 16, 24 or 32 bytes")
+        if key not in self._ciphers:
+            self._keys.append(key)
+            self._ciphers[key] = AESGCM(key)
+
+    def use(self, key: bytes) -> None:
+        """Make an installed key the primary."""
+        if key not in self._ciphers:
+            raise KeyFileError("the key is not installed")
+        self._keys.remove(key)
+        self._keys.insert(0, key)
+
+    def remove(self, key: bytes) -> None:
+        if key == self._keys[0]:
+            raise KeyFileError("cannot remove the primary key (use another one first)")
+        if key in self._ciphers:
+            self._keys.remove(key)
+            del self._ciphers[key]
+
+    # Packets.
+
+    def encrypt(self, plaintext: bytes, cluster: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_SIZE)
+        head = bytes((VERSION_AESGCM,))
+        sealed = self._ciphers[self._keys[0]].encrypt(nonce, plaintext, head + cluster)
+        return head + nonce + sealed
+
+    def decrypt(self, packet: bytes, cluster: bytes) -> bytes:
+        if len(packet) < OVERHEAD or packet[0] != VERSION_AESGCM:
+            raise PacketError("not an encrypted packet")
+        nonce = packet[1 : 1 + NONCE_SIZE]
+        aad = packet[:1] + cluster
+        for key in self._keys:
+            try:
+                return self._ciphers[key].decrypt(nonce, packet[1 + NONCE_SIZE :], aad)
+            except InvalidTag:
+                continue
+        raise PacketError("no key authenticates the packet")
+
+
+def seal(keyring: Keyring | None, plaintext: bytes, cluster: bytes) -> bytes:
+    if keyring is None:
+        return bytes((VERSION_PLAIN,)) + plaintext
+    return keyring.encrypt(plaintext, cluster)
+
+
+def unseal(keyring: Keyring | None, packet: bytes, cluster: bytes) -> bytes:
+    if keyring is None:
+        if not packet or packet[0] != VERSION_PLAIN:
+            raise PacketError("encrypted packet but no keyring")
+        return packet[1:]
+    return keyring.decrypt(packet, cluster)

@@ -1,0 +1,86 @@
+"""Map one schema-valid document to the typed model (:class:`AppSpec` = DNA + deployment).
+
+Pure: no I/O. ``source`` arrives already resolved by the caller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reconciler.garden.model import (
+    AppSpec,
+    Deployment,
+    Dna,
+    Health,
+    Origin,
+    RestartPolicy,
+    Rollout,
+    Security,
+    Slo,
+)
+from reconciler.records import Nutrients
+
+
+def _f(d: dict[str, Any], key: str, default: float) -> float:
+    return float(d.get(key, default))
+
+
+def build_app(value: dict[str, Any], source: Path, origin: Origin) -> AppSpec:
+    meta: dict[str, Any] = value["metadata"]
+    spec: dict[str, Any] = value["spec"]
+    name: str = meta["name"]
+    nut = spec.get("nutrients", {})
+    default_nut = Nutrients(100, 64)
+    health_d = spec.get("health", {})
+    hd = Health()
+    restart_d = spec.get("restart", {})
+    rd = RestartPolicy()
+    roll_d = spec.get("rollout", {})
+    ro = Rollout()
+    sec = spec.get("security", {})
+    dna = Dna(
+        name=name,
+        version=spec["version"],
+        source=source,
+        command=tuple(spec["command"]),
+        args=tuple(spec.get("args", ())),
+        env=tuple(sorted(spec.get("env", {}).items())),
+        nutrients=Nutrients(
+            int(nut.get("cpu_milli", default_nut.cpu_milli)),
+            int(nut.get("memory_mb", default_nut.memory_mb)),
+        ),
+        slo=Slo(spec.get("slo", {}).get("p99_budget_ms")),
+        security=Security(bool(sec.get("read_only_fs", False)), str(sec.get("lsm_profile", ""))),
+        health=Health(
+            path=health_d.get("path", hd.path),
+            interval_s=_f(health_d, "interval_s", hd.interval_s),
+            timeout_s=_f(health_d, "timeout_s", hd.timeout_s),
+            grace_s=_f(health_d, "grace_s", hd.grace_s),
+        ),
+        restart=RestartPolicy(
+            policy=restart_d.get("policy", rd.policy),
+            backoff_initial_s=_f(restart_d, "backoff_initial_s", rd.backoff_initial_s),
+            backoff_max_s=_f(restart_d, "backoff_max_s", rd.backoff_max_s),
+            max_failures=int(restart_d.get("max_failures", rd.max_failures)),
+            window_s=_f(restart_d, "window_s", rd.window_s),
+            stop_grace_s=_f(restart_d, "stop_grace_s", rd.stop_grace_s),
+        ),
+    )
+    deployment = Deployment(
+        instances=int(spec.get("instances", 1)),
+        rollout=Rollout(
+            strategy=roll_d.get("strategy", ro.strategy),
+            warmup_s=_f(roll_d, "warmup_s", ro.warmup_s),
+            max_surge=int(roll_d.get("max_surge", ro.max_surge)),
+            max_unavailable=int(roll_d.get("max_unavailable", ro.max_unavailable)),
+            canary_weight=int(roll_d.get("canary_weight", ro.canary_weight)),
+            canary_steps=tuple(int(w) for w in roll_d.get("canary_steps", ())),
+            progress_deadline_s=_f(roll_d, "progress_deadline_s", ro.progress_deadline_s),
+        ),
+        route_prefix=spec.get("route", {}).get("prefix", ""),
+        depends_on=tuple(spec.get("depends_on", ())),
+        suspend=bool(spec.get("suspend", False)),
+    )
+    labels = tuple(sorted(meta.get("labels", {}).items()))
+    return AppSpec(name=name, dna=dna, deployment=deployment, labels=labels, origin=origin)

@@ -1,0 +1,218 @@
+"""Build a signed, reproducible spore from a :class:`~reconciler.garden.model.Dna`.
+
+Reproducible: entries are written in a fixed order (``manifest.json``, ``signature.json``,
+then ``payload/`` sorted by path) with a fixed timestamp, fixed attributes and modes
+normalised to 0644/0755, and Ed25519 signatures are deterministic, so the same source and
+DNA give the same bytes. Streaming: files go through in 1 MiB chunks, twice (hash for the
+manifest, then copy into the zip while hashing again, so a file edited during the build is
+caught rather than signed with the wrong hash).
+
+Files skipped in a source directory: ``.git``, ``.hg``, ``.svn``, ``__pycache__``,
+``*.pyc``/``*.pyo`` and ``.DS_Store``. Symlinks and special files are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from reconciler.errors import SporeError
+from reconciler.garden.model import Dna
+from reconciler.spore.archive import CHUNK, MANIFEST, PAYLOAD, SIGNATURE, SUFFIX
+from reconciler.spore.keys import load_private_key
+from reconciler.spore.manifest import FileEntry, SporeManifest, check_payload_path
+from reconciler.spore.signature import SignatureRecord
+
+log = logging.getLogger("myco.spore")
+
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
+SKIP_NAMES = frozenset({".DS_Store"})
+SKIP_SUFFIXES = (".pyc", ".pyo")
+DNA_KEY_VERSION = b"myco.dna-key/v1\n"
+# Deflate a file only if a sample of it shrinks to this fraction or less.
+_SAMPLE = 256 * 1024
+_DEFLATE_IF_BELOW = 0.9
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file to pack: its payload path and where to read it."""
+
+    path: str
+    source: Path
+    mode: int  # 0o644 or 0o755
+
+
+@dataclass(frozen=True)
+class BuiltSpore:
+    path: Path
+    digest: str  # SHA-256 (hex) of the spore's bytes
+    manifest: SporeManifest
+
+
+def scan_source(root: Path) -> list[SourceFile]:
+    """The files under ``root`` to pack, sorted; refuse symlinks and special files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SporeError(f"source {root} is not a directory")
+    found: list[SourceFile] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for d in list(dirnames):
+            if d in SKIP_DIRS:
+                dirnames.remove(d)
+            elif (here / d).is_symlink():
+                raise SporeError(f"source {here / d} is a symlink (refused)")
+        for name in filenames:
+            if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES):
+                continue
+            full = here / name
+            st = full.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                raise SporeError(f"source {full} is not a regular file (refused)")
+            rel = full.relative_to(root).as_posix()
+            check_payload_path(rel)
+            found.append(SourceFile(rel, full, normal_mode(st.st_mode)))
+    found.sort(key=lambda s: s.path)
+    return found
+
+
+def normal_mode(st_mode: int) -> int:
+    """0755 if anyone may execute the file, else 0644: what Git keeps, so builds agree."""
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+def manifest_for(dna: Dna, files: Sequence[SourceFile]) -> SporeManifest:
+    entries = []
+    for s in files:
+        digest, size = hash_file(s.source)
+        entries.append(FileEntry(s.path, digest, size, s.mode))
+    return SporeManifest.from_dna(dna, entries)
+
+
+def dna_key(dna: Dna, files: Sequence[SourceFile] | None = None) -> str:
+    """A stable key of "this DNA with these source files": hashes the files, builds no zip.
+
+    Two DNAs with the same key build byte-identical spores with the same signing key.
+    """
+    manifest = manifest_for(dna, scan_source(dna.source) if files is None else files)
+    return hashlib.sha256(DNA_KEY_VERSION + manifest.canonical_bytes()).hexdigest()
+
+
+def spore_filename(manifest: SporeManifest) -> str:
+    version = re.sub(r"[^A-Za-z0-9._+-]", "_", manifest.version)
+    return f"{manifest.name}-{version}{SUFFIX}"
+
+
+def build_spore(
+    dna: Dna,
+    key: Ed25519PrivateKey | Path,
+    out_dir: Path,
+    files: Sequence[SourceFile] | None = None,
+) -> BuiltSpore:
+    """Build, sign and write ``out_dir/<name>-<version>.spore`` (atomically); return it.
+
+    ``files`` defaults to everything under ``dna.source`` (see :func:`scan_source`).
+    """
+    private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key)
+    files = scan_source(dna.source) if files is None else sorted(files, key=lambda s: s.path)
+    manifest = manifest_for(dna, files)
+    manifest_bytes = manifest.canonical_bytes()
+    signature = SignatureRecord.sign(private, manifest_bytes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / spore_filename(manifest)
+    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
+                _write_small(zf, MANIFEST, manifest_bytes)
+                _write_small(zf, SIGNATURE, signature.to_bytes())
+                for src, entry in zip(files, manifest.files, strict=True):
+                    _write_payload(zf, src, entry)
+            out.flush()
+            os.fsync(out.fileno())
+            digest = _digest_of(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("built %s (%s) digest %s", target, manifest.name, digest)
+    return BuiltSpore(target, digest, manifest)
+
+
+def _zinfo(name: str, mode: int, size: int, method: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+    info.create_system = 3  # Unix, so the mode bits below mean what they say
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    info.compress_type = method
+    info.file_size = size  # lets zipfile choose zip64 up front for big files
+    return info
+
+
+def _write_small(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    zf.writestr(_zinfo(name, 0o644, len(data), zipfile.ZIP_STORED), data)
+
+
+def _method_for(path: Path, size: int) -> int:
+    """Deflate only what shrinks: decided from the first 256 KiB, so it is deterministic."""
+    if size < 512:
+        return zipfile.ZIP_STORED
+    with open(path, "rb") as f:
+        sample = f.read(_SAMPLE)
+    if len(zlib.compress(sample, 1)) <= _DEFLATE_IF_BELOW * len(sample):
+        return zipfile.ZIP_DEFLATED
+    return zipfile.ZIP_STORED
+
+
+def _write_payload(zf: zipfile.ZipFile, src: SourceFile, entry: FileEntry) -> None:
+    info = _zinfo(PAYLOAD + entry.path, entry.mode, entry.size, _method_for(src.source, entry.size))
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    size = 0
+    with open(src.source, "rb", buffering=0) as f, zf.open(info, "w") as dst:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            dst.write(view[:n])
+            size += n
+    if h.hexdigest() != entry.sha256 or size != entry.size:
+        raise SporeError(f"source file {src.source} changed during the build; try again")
+
+
+def _digest_of(fd: int) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while n := os.preadv(fd, [view], pos):
+        h.update(view[:n])
+        pos += n
+    return h.hexdigest()

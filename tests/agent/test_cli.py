@@ -1,0 +1,132 @@
+"""``myco agent`` as a real process: usage errors, and re-adoption after ``kill -9``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.agent.runner import read_start_ticks
+from reconciler.fabric import Fabric, open_fabric
+from reconciler.records import InstanceRecord
+from tests.agent.mesh import instance_seen, make_spore, one, publish_intent, serve_repo
+from tests.helpers import async_wait_for
+
+MYCO = [sys.executable, "-m", "reconciler"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MYCO, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["agent"], 2, "--node is required"),
+        (["agent", "--node", "n"], 2, "--state is required"),
+        (["agent", "--node", "n", "--state", "{tmp}/s"], 1, "no trusted keys"),
+        (["agent", "--node", "n", "--state", "{tmp}/s", "--trust", "{tmp}/nope"], 1, "nope"),
+        (["agent", "--config", "{tmp}/missing.yaml"], 1, "cannot read"),
+        (["agent", "--node", "n", "--state", "{tmp}/s", "--label", "x"], 2, "bad label"),
+    ],
+)
+def test_usage_errors_are_one_line(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    done = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("myco: error:")
+
+
+async def _start_agent(state: Path, pub: Path, seed: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *MYCO,
+        "agent",
+        "--node",
+        "node-k",
+        "--join",
+        seed,
+        "--state",
+        str(state),
+        "--trust",
+        str(pub),
+        "--capacity-cpu-milli",
+        "1000",
+        "--capacity-memory-mb",
+        "1024",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+async def reconciler_side(tmp_path: Path) -> AsyncIterator[tuple[Fabric, str, str, Path]]:
+    spore, digest, pub = make_spore(tmp_path)
+    async with (
+        serve_repo(tmp_path / "repo") as (repo, url),
+        open_fabric("reconciler", state_dir=tmp_path / "rf") as rec,
+    ):
+        await asyncio.to_thread(repo.put, spore)
+        yield rec, digest, url, pub
+
+
+def ready_record(rec: Fabric, iid: str, newer_than: float = 0.0) -> InstanceRecord | None:
+    r = instance_seen(rec, "node-k", iid)
+    if r is not None and r.phase == "ready" and r.updated_at > newer_than:
+        return r
+    return None
+
+
+@pytest.mark.slow
+async def test_kill_9_the_agent_and_it_readopts(
+    tmp_path: Path, reconciler_side: tuple[Fabric, str, str, Path]
+) -> None:
+    rec, digest, url, pub = reconciler_side
+    state = tmp_path / "state"
+    agent = await _start_agent(state, pub, rec.addr)
+    pids: list[int] = []
+    try:
+        publish_intent(rec, "node-k", 1, one("web-1", "web", digest, (url,)))
+        first = await async_wait_for(lambda: ready_record(rec, "web-1"), within=60, what="ready")
+        assert first.pid
+        pids.append(first.pid)
+        agent.send_signal(signal.SIGKILL)
+        await agent.wait()
+        assert read_start_ticks(first.pid) is not None  # the instance outlived its agent
+
+        agent = await _start_agent(state, pub, rec.addr)
+        again = await async_wait_for(
+            lambda: ready_record(rec, "web-1", newer_than=first.updated_at),
+            within=60,
+            what="reported again by the new agent",
+        )
+        assert again.pid == first.pid
+        assert again.restarts == 0
+
+        publish_intent(rec, "node-k", 2)
+        await async_wait_for(
+            lambda: instance_seen(rec, "node-k", "web-1") is None, within=60, what="withered"
+        )
+        assert read_start_ticks(first.pid) is None
+    finally:
+        if agent.returncode is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(agent.wait(), 30)
+            except TimeoutError:
+                agent.kill()
+                await agent.wait()
+        for pid in pids:  # never leave a workload behind, even if the test failed
+            if read_start_ticks(pid) is not None:
+                os.killpg(pid, signal.SIGKILL)
+    assert agent.returncode == 0, await agent.stderr.read() if agent.stderr else b""

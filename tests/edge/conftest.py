@@ -1,0 +1,135 @@
+"""Fixtures: real loopback backends and a real edge worker in the test's event loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+
+import aiohttp
+import pytest
+
+from reconciler.edge.config import EdgeConfig, EjectionPolicy
+from reconciler.edge.server import RunningEdge, running_edge
+from reconciler.records import Backend as BackendRecord
+from reconciler.records import RouteRecord
+from tests.edge.backends import Backend
+from tests.helpers import async_wait_for, free_port
+
+StartBackends = Callable[..., Awaitable[list[Backend]]]
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[StartBackends]:
+    started: list[Backend] = []
+
+    async def start(*names: str) -> list[Backend]:
+        out = [await Backend(n).start() for n in names]
+        started.extend(out)
+        return out
+
+    yield start
+    for b in started:
+        await b.stop()
+
+
+def route(app: str, *pairs: tuple[Backend, int], draining: tuple[Backend, ...] = ()) -> RouteRecord:
+    return RouteRecord(
+        app=app,
+        prefix="/" + app,
+        backends=tuple(BackendRecord(b.name, b.endpoint, w) for b, w in pairs),
+        draining=tuple(b.endpoint for b in draining),
+    )
+
+
+@pytest.fixture
+def edge_config() -> EdgeConfig:
+    return EdgeConfig(
+        port=0,
+        ejection=EjectionPolicy(consecutive_5xx=3, base_s=0.3, max_s=1.0),
+        stats_interval_s=3600,
+        shutdown_grace_s=2.0,
+    )
+
+
+@pytest.fixture
+async def edge(edge_config: EdgeConfig) -> AsyncIterator[RunningEdge]:
+    async with running_edge(edge_config) as e:
+        yield e
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with AsyncExitStack() as stack:
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+        )
+        yield session
+
+
+class EdgeProcess:
+    """``myco edge`` as a real child process; stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.args = ["--listen", f"127.0.0.1:{self.port}", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> EdgeProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "edge", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        return self
+
+    async def ready(self, client: aiohttp.ClientSession) -> None:
+        async def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"edge exited with {self.proc.returncode}")
+            try:
+                async with client.get(f"{self.url}/-/ready") as resp:
+                    return resp.status == 404
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await async_wait_for(answers, within=20, what="the edge process to answer")
+
+    def stop(self) -> tuple[int, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err.decode(errors="replace")
+
+
+@pytest.fixture
+def edge_process() -> Iterator[Callable[..., EdgeProcess]]:
+    made: list[EdgeProcess] = []
+
+    def make(*args: str) -> EdgeProcess:
+        e = EdgeProcess(*args).start()
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        if e.proc is not None and e.proc.poll() is None:
+            try:
+                os.killpg(e.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            e.proc.communicate()

@@ -1,0 +1,82 @@
+"""WebSockets pass through; route changes under load fail no request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+import pytest
+
+from reconciler.edge.server import RunningEdge
+from tests.edge.conftest import StartBackends, route
+
+
+async def test_websocket_echo_passes_through(
+    edge: RunningEdge, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    (a,) = await backends("a")
+    edge.set_routes([route("chat", (a, 1))])
+    async with client.ws_connect(f"{edge.url}/chat/ws", protocols=("chat",)) as ws:
+        assert ws.protocol == "chat"
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "a:hello"
+        await ws.send_bytes(b"\x00\x01" * 50_000)
+        assert await ws.receive_bytes() == b"\x00\x01" * 50_000
+        await ws.close()
+    assert a.hits == [("GET", "/ws")]
+
+
+async def test_websocket_to_unknown_app_is_404(
+    edge: RunningEdge, client: aiohttp.ClientSession
+) -> None:
+    edge.set_routes([])
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"{edge.url}/chat/ws")
+    assert info.value.status == 404
+
+
+async def test_route_changes_under_load_fail_no_request(
+    edge: RunningEdge, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    old1, old2, new1, new2 = await backends("old1", "old2", "new1", "new2")
+    edge.set_routes([route("app", (old1, 1), (old2, 1))])
+    stop = asyncio.Event()
+    statuses: Counter[int] = Counter()
+    served: Counter[str] = Counter()
+    progress = asyncio.Condition()
+
+    async def load() -> None:
+        while not stop.is_set():
+            async with client.get(f"{edge.url}/app/x") as resp:
+                statuses[resp.status] += 1
+                if resp.status == 200:
+                    served[(await resp.json())["backend"]] += 1
+            async with progress:
+                progress.notify_all()
+
+    async def wait_requests(n: int) -> None:
+        target = sum(statuses.values()) + n
+        async with progress:
+            await progress.wait_for(lambda: sum(statuses.values()) >= target)
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(16):
+            tg.create_task(load())
+        await wait_requests(100)
+        # blue/green: new set in (canary weight first), then old drained, then removed
+        edge.set_routes([route("app", (old1, 5), (old2, 5), (new1, 1), (new2, 1))])
+        await wait_requests(100)
+        edge.set_routes(
+            [route("app", (old1, 1), (old2, 1), (new1, 1), (new2, 1), draining=(old1, old2))]
+        )
+        await wait_requests(100)
+        edge.set_routes([route("app", (new1, 1), (new2, 1))])
+        await old1.stop()  # finishes what it has in flight, then is gone
+        await old2.stop()
+        await wait_requests(200)
+        stop.set()
+    assert set(statuses) == {200}, statuses
+    assert served["new1"] > 0
+    assert served["new2"] > 0
+    assert sum(statuses.values()) >= 500
