@@ -52,7 +52,7 @@ def read_leases(fabric: FabricAPI) -> tuple[dict[str, LeaseRecord], int]:
     """Live members' lease records (owner -> record) and the highest epoch ever seen."""
     live: dict[str, LeaseRecord] = {}
     max_epoch = 0
-    for (owner, key), value in fabric.view(KEY_LEASE, include_gone=True).items():
+    for (_owner, key), value in fabric.view(KEY_LEASE, include_gone=True).items():
         if key != KEY_LEASE or value is None:
             continue
         try:
@@ -66,8 +66,9 @@ def read_leases(fabric: FabricAPI) -> tuple[dict[str, LeaseRecord], int]:
                 live[owner] = LeaseRecord.from_json(value)
     for prefix in (PREFIX_INTENTS, PREFIX_ROUTES):
         for value in fabric.view(prefix, include_gone=True).values():
-            if isinstance(value, dict) and isinstance(value.get("epoch"), int):
-                max_epoch = max(max_epoch, int(value["epoch"]))
+            epoch = value.get("epoch") if isinstance(value, dict) else None
+            if isinstance(epoch, int):
+                max_epoch = max(max_epoch, epoch)
     return live, max_epoch
 
 
@@ -133,7 +134,7 @@ class Lease:
             log.info("lease: claiming epoch %d", self.epoch)
             self.fabric.publish(
                 KEY_LEASE,
-                LeaseRecord(me, self.epoch, now + self.config.ttl_s).to_json(),  # type: ignore[arg-type]
+                LeaseRecord(me, self.epoch, now + self.config.ttl_s).to_json(),
             )
         if was_active != self.active:
             self.on_change()
@@ -141,7 +142,7 @@ class Lease:
     def _renew(self, epoch: int, now: float) -> None:
         self.fabric.publish(
             KEY_LEASE,
-            LeaseRecord(self.fabric.name, epoch, now + self.config.ttl_s).to_json(),  # type: ignore[arg-type]
+            LeaseRecord(self.fabric.name, epoch, now + self.config.ttl_s).to_json(),
         )
 
     async def run(self) -> None:

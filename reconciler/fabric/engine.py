@@ -425,8 +425,11 @@ class Engine:
 
     def seed_member(self, name: str, addr: str, inc: int = 0) -> None:
         """Know a member without gossip (the simulator's bootstrap of a large cluster)."""
-        if name not in self.members:
-            self._add_member(name, addr, inc, broadcast=False)
+        if name not in self.members and name != self.name:
+            self.members[name] = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
+            order = self._probe_order
+            order.insert(int(self.rng.random() * (len(order) + 1)), name)
+            self._set_live(name, True)
 
     def _add_member(self, name: str, addr: str, inc: int, broadcast: bool = True) -> None:
         m = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
@@ -780,6 +783,18 @@ class Engine:
         others = [a for a in self._known if a not in live and a not in left and a not in targets]
         if others:
             targets += self.rng.sample(others, min(3, len(others)))
+        by_addr: dict[str, list[MemberRow]] = {}
+        for n in self._gone:
+            m = self.members[n]
+            by_addr.setdefault(m.addr, []).append(MemberRow(m.name, m.addr, m.inc, m.state))
+        me = self.members[self.name]
+        digest = self.store.digest(self._visible_owners())
         for addr in targets:
-            self._send_stream(addr, [self._push_pull(self._next_seq(), True, False)])
+            # A small join: ourselves, what we believe of the member at that address (so
+            # it refutes a stale death at once) and our digest; the answer is complete.
+            rows = (MemberRow(me.name, me.addr, me.inc, me.state), *by_addr.get(addr, ()))
+            msg = PushPull(
+                self._next_seq(), True, False, self.name, self.addr, rows, digest, Deltas({}, ())
+            )
+            self._send_stream(addr, [msg])
         return self.cfg.rejoin_interval

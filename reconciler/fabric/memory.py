@@ -72,9 +72,11 @@ class MemoryNetwork:
         return self._group.get(src, 0) == self._group.get(dst, 0)
 
     def _deliver(self, src: str, dst: str, data: bytes, stream: bool) -> None:
-        self.bytes_sent[src] += len(data)
-        self.packets_sent[src] += 1
-        if not self._reachable(src, dst):
+        reachable = self._reachable(src, dst)
+        if reachable or not stream:  # a TCP connect that fails sends no payload
+            self.bytes_sent[src] += len(data)
+            self.packets_sent[src] += 1
+        if not reachable:
             return
         if not stream and self.loss and self.rng.random() < self.loss:
             return

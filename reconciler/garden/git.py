@@ -75,9 +75,7 @@ class GitGarden:
                 repo = git.Repo(workdir)
                 self._fetch_reset(repo)
                 return repo
-            return git.Repo.clone_from(
-                self.url, workdir, branch=self.branch, single_branch=True, depth=None
-            )
+            return git.Repo.clone_from(self.url, workdir, branch=self.branch, single_branch=True)
         except git.exc.GitError as exc:
             raise GardenSourceError(
                 f"cannot clone {self.url} (branch {self.branch}): {_short(exc)}"

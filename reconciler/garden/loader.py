@@ -76,7 +76,6 @@ def _mark(m: Any) -> Mark:
     return Mark(m.line + 1, m.column + 1)
 
 
-
 class _Builder:
     """Turns one composed node tree into plain values, checking every refusal."""
 

@@ -56,6 +56,7 @@ class Entry:
     compressed_size: int
     size: int
     data_offset: int
+    header_offset: int = 0
 
 
 def read_layout(f: BinaryIO, limits: SporeLimits = DEFAULT_LIMITS) -> dict[str, Entry]:
@@ -106,7 +107,9 @@ def read_layout(f: BinaryIO, limits: SporeLimits = DEFAULT_LIMITS) -> dict[str, 
         if end > start_dir:
             raise SporeFormatError(f"entry {name!r} runs past the central directory")
         ranges.append((info.header_offset, end, name))
-        entries[name] = Entry(name, info.compress_type, csize, size, data_offset)
+        entries[name] = Entry(
+            name, info.compress_type, csize, size, data_offset, info.header_offset
+        )
     ranges.sort()
     for (_, end, a), (start, _, b) in zip(ranges, ranges[1:], strict=False):
         if start < end:

@@ -1,7 +1,7 @@
 """Build a signed, reproducible spore from a :class:`~reconciler.garden.model.Dna`.
 
-Reproducible: entries are written in a fixed order (``manifest.json``, ``signature.json``,
-then ``payload/`` sorted by path) with a fixed timestamp, fixed attributes and modes
+Reproducible: entries are written in a fixed order (``payload/`` sorted by path, then
+``manifest.json`` and ``signature.json``) with a fixed timestamp, fixed attributes and modes
 normalised to 0644/0755, and Ed25519 signatures are deterministic, so the same source and
 DNA give the same bytes. Streaming: files go through in 1 MiB chunks, twice (hash for the
 manifest, then copy into the zip while hashing again, so a file edited during the build is
@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -31,7 +31,7 @@ from reconciler.errors import SporeError
 from reconciler.garden.model import Dna
 from reconciler.spore.archive import CHUNK, MANIFEST, PAYLOAD, SIGNATURE, SUFFIX
 from reconciler.spore.keys import load_private_key
-from reconciler.spore.manifest import FileEntry, SporeManifest, check_payload_path
+from reconciler.spore.manifest import FileEntry, PayloadDigest, SporeManifest, check_payload_path
 from reconciler.spore.signature import SignatureRecord
 
 log = logging.getLogger("myco.spore")
@@ -142,8 +142,6 @@ def build_spore(
     private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key)
     files = scan_source(dna.source) if files is None else sorted(files, key=lambda s: s.path)
     manifest = manifest_for(dna, files)
-    manifest_bytes = manifest.canonical_bytes()
-    signature = SignatureRecord.sign(private, manifest_bytes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / spore_filename(manifest)
@@ -152,10 +150,17 @@ def build_spore(
     try:
         with os.fdopen(fd, "w+b") as out:
             with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
-                _write_small(zf, MANIFEST, manifest_bytes)
-                _write_small(zf, SIGNATURE, signature.to_bytes())
+                # Payload first: its bytes are hashed as one region signed in the manifest.
                 for src, entry in zip(files, manifest.files, strict=True):
                     _write_payload(zf, src, entry)
+                out.flush()
+                region_end = out.tell()
+                region = _digest_of(out.fileno(), region_end)
+                manifest = replace(manifest, payload=PayloadDigest(region, region_end))
+                manifest_bytes = manifest.canonical_bytes()
+                _write_small(zf, MANIFEST, manifest_bytes)
+                signature = SignatureRecord.sign(private, manifest_bytes)
+                _write_small(zf, SIGNATURE, signature.to_bytes())
             out.flush()
             os.fsync(out.fileno())
             digest = _digest_of(out.fileno())
@@ -207,12 +212,17 @@ def _write_payload(zf: zipfile.ZipFile, src: SourceFile, entry: FileEntry) -> No
         raise SporeError(f"source file {src.source} changed during the build; try again")
 
 
-def _digest_of(fd: int) -> str:
+def _digest_of(fd: int, end: int | None = None) -> str:
+    """SHA-256 of the file's bytes up to ``end`` (default: all of them)."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     pos = 0
-    while n := os.preadv(fd, [view], pos):
+    while end is None or pos < end:
+        want = view if end is None else view[: min(CHUNK, end - pos)]
+        n = os.preadv(fd, [want], pos)
+        if n == 0:
+            break
         h.update(view[:n])
         pos += n
     return h.hexdigest()

@@ -44,6 +44,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "health",
         "restart",
         "files",
+        "payload",
     ],
     "properties": {
         "format": {"const": FORMAT},
@@ -118,6 +119,15 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "stop_grace_s": _NUM,
             },
         },
+        "payload": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["sha256", "size"],
+            "properties": {
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "size": {"type": "integer", "minimum": 0},
+            },
+        },
         "files": {
             "type": "array",
             "items": {
@@ -172,6 +182,17 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class PayloadDigest:
+    """SHA-256 of the archive's first ``size`` bytes: all payload entries (local headers and
+    data), which come first in a spore. Lets a verifier check every payload byte in the
+    same single pass that computes the spore's digest; the per-file hashes are checked
+    again when the files are extracted."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class SporeManifest:
     """The signed DNA of a spore. Build it with :meth:`from_dna`, read it with :meth:`from_json`."""
 
@@ -186,6 +207,7 @@ class SporeManifest:
     health: Health = field(default_factory=Health)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     files: tuple[FileEntry, ...] = ()
+    payload: PayloadDigest | None = None  # set by the builder once the payload is written
     format: str = FORMAT
 
     @classmethod
@@ -217,7 +239,7 @@ class SporeManifest:
 
     def to_json(self) -> dict[str, Any]:
         h, r = self.health, self.restart
-        return {
+        out: dict[str, Any] = {
             "format": self.format,
             "name": self.name,
             "version": self.version,
@@ -251,6 +273,9 @@ class SporeManifest:
             },
             "files": [f.to_json() for f in self.files],
         }
+        if self.payload is not None:
+            out["payload"] = {"sha256": self.payload.sha256, "size": self.payload.size}
+        return out
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes stored as ``manifest.json`` and covered by the signature."""
@@ -290,6 +315,7 @@ class SporeManifest:
                 r["stop_grace_s"],
             ),
             files=files,
+            payload=PayloadDigest(data["payload"]["sha256"], data["payload"]["size"]),
             format=data["format"],
         )
 

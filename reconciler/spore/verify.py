@@ -1,18 +1,21 @@
-"""Verify a spore: structure, signature, trust, payload hashes and digest (DESIGN §4).
+"""Verify a spore: structure, signature, trust, payload bytes and digest (DESIGN §4).
 
-Order, cheapest refusal first and nothing inflated before the structure passed:
+Order, cheapest refusal first, nothing inflated and nothing written:
 
 1. the zip's structure (:func:`reconciler.spore.archive.read_layout`): names, types,
    duplicates, sizes and ratios, overlaps;
 2. the signature over ``manifest.json`` and the manifest's own strict form;
 3. trust: the signer must be trusted *for this app name*;
-4. the set of entries equals ``manifest.json`` + ``signature.json`` + the listed files,
-   with the listed sizes;
-5. every payload file's SHA-256.
+4. the entries are exactly ``manifest.json``, ``signature.json`` and the listed files, with
+   the listed sizes, and every payload entry lies inside the signed payload region;
+5. one sequential SHA-256 pass over the file: at the end of the payload region its hash
+   must equal the signed ``payload.sha256`` (so every payload byte is covered), and at the
+   end of the file it is the spore's digest.
 
-Meanwhile a worker thread computes the SHA-256 of the whole file (the spore's digest), so
-both hashes run on two cores (hashlib and ``os.pread`` release the GIL): verification costs
-about one hash pass of wall time, not two.
+One hash pass in all, which is what lets verification run at the speed of ``sha256``.
+``deep=True`` also inflates and hashes every payload file against its listed SHA-256
+(a second pass); :func:`~reconciler.spore.extract.extract_spore` always does that check
+while it writes, so an agent's verify-then-extract checks every hash without paying twice.
 """
 
 from __future__ import annotations
@@ -21,8 +24,6 @@ import hashlib
 import logging
 import os
 import stat
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -66,29 +67,31 @@ def verify_spore(
     trust: TrustPolicy,
     expected_digest: str | None = None,
     limits: SporeLimits = DEFAULT_LIMITS,
+    deep: bool = False,
 ) -> VerifiedSpore:
     """Verify everything about the spore at ``path``; raise a :class:`SporeError` subclass."""
     path = Path(path)
     try:
-        f = open(path, "rb")  # closed by the with below; shared with the digest thread
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise SporeError(f"cannot open {path}: {exc.strerror or exc}") from exc
     with f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise SporeFormatError(f"{path} is not a regular file")
-        stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spore-digest") as pool:
-            digest_future = pool.submit(file_digest, f.fileno(), stop)
-            try:
-                manifest, record = _check_contents(f, trust, limits)
-            except BaseException:
-                stop.set()
-                raise
-            digest = digest_future.result()
+        manifest, record, layout = read_manifest(f, limits)
+        _check_trust(manifest, record, trust)
+        check_entries(layout, manifest)
+        region_end = _check_region(layout, manifest)
+        region, digest = _one_pass(f.fileno(), region_end)
+        assert manifest.payload is not None
+        if region != manifest.payload.sha256:
+            raise IntegrityError("payload sha256 mismatch: the payload is not what was signed")
+        if deep:
+            check_file_hashes(f.fileno(), layout, manifest)
     if expected_digest is not None and digest != expected_digest.lower():
         raise IntegrityError(f"digest mismatch: expected {expected_digest}, got {digest}")
-    log.debug("verified %s: %s %s by %s", path, manifest.name, manifest.version, digest)
+    log.debug("verified %s: %s %s digest %s", path, manifest.name, manifest.version, digest)
     return VerifiedSpore(path, digest, manifest, trust.label(record.public_key), record.public_key)
 
 
@@ -107,25 +110,13 @@ def read_manifest(
     return manifest, record, layout
 
 
-def _check_contents(
-    f: BinaryIO, trust: TrustPolicy, limits: SporeLimits
-) -> tuple[SporeManifest, SignatureRecord]:
-    manifest, record, layout = read_manifest(f, limits)
-    name = manifest.name
+def _check_trust(manifest: SporeManifest, record: SignatureRecord, trust: TrustPolicy) -> None:
     if not trust.knows(record.public_key):
         raise TrustError(f"signer {fingerprint(record.public_key)} is not trusted")
-    if not trust.allows(record.public_key, name):
-        raise TrustError(f"signer {trust.label(record.public_key)} is not trusted for app {name!r}")
-    expected = check_entries(layout, manifest)
-    fd = f.fileno()
-    for entry_name, fe in expected.items():
-        entry = layout[entry_name]
-        h = hashlib.sha256()
-        for chunk in iter_entry(fd, entry):
-            h.update(chunk)
-        if h.hexdigest() != fe.sha256:
-            raise IntegrityError(f"payload file {fe.path!r}: sha256 mismatch")
-    return manifest, record
+    if not trust.allows(record.public_key, manifest.name):
+        raise TrustError(
+            f"signer {trust.label(record.public_key)} is not trusted for app {manifest.name!r}"
+        )
 
 
 def check_entries(layout: dict[str, Entry], manifest: SporeManifest) -> dict[str, FileEntry]:
@@ -143,15 +134,50 @@ def check_entries(layout: dict[str, Entry], manifest: SporeManifest) -> dict[str
     return expected
 
 
-def file_digest(fd: int, stop: threading.Event | None = None) -> str:
-    """SHA-256 (hex) of a whole open file, read with ``pread`` (leaves the offset alone)."""
+def _check_region(layout: dict[str, Entry], manifest: SporeManifest) -> int:
+    """Every payload entry inside the signed region, manifest and signature after it."""
+    assert manifest.payload is not None
+    end = manifest.payload.size
+    for entry in layout.values():
+        inside = entry.data_offset + entry.compressed_size <= end
+        if entry.name.startswith(PAYLOAD) and not inside:
+            raise SporeFormatError(f"entry {entry.name!r} lies outside the signed payload")
+        if not entry.name.startswith(PAYLOAD) and entry.header_offset < end:
+            raise SporeFormatError(f"entry {entry.name!r} lies inside the payload region")
+    return end
+
+
+def _one_pass(fd: int, region_end: int) -> tuple[str, str]:
+    """SHA-256 of the first ``region_end`` bytes and of the whole file, in one read."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     pos = 0
-    while n := os.preadv(fd, [view], pos):
-        if stop is not None and stop.is_set():
-            return ""
+    region: str | None = None
+    while True:
+        if region is None and pos == region_end:
+            region = h.copy().hexdigest()
+        want = view if region is not None else view[: min(CHUNK, region_end - pos)]
+        n = os.preadv(fd, [want], pos)
+        if n == 0:
+            break
         h.update(view[:n])
         pos += n
-    return h.hexdigest()
+    if region is None:
+        raise SporeFormatError("the archive is shorter than its signed payload")
+    return region, h.hexdigest()
+
+
+def check_file_hashes(fd: int, layout: dict[str, Entry], manifest: SporeManifest) -> None:
+    """Inflate and hash every payload file against the manifest (the deep check)."""
+    for fe in manifest.files:
+        h = hashlib.sha256()
+        for chunk in iter_entry(fd, layout[PAYLOAD + fe.path]):
+            h.update(chunk)
+        if h.hexdigest() != fe.sha256:
+            raise IntegrityError(f"payload file {fe.path!r}: sha256 mismatch")
+
+
+def file_digest(fd: int) -> str:
+    """SHA-256 (hex) of a whole open file, read with ``pread`` (leaves the offset alone)."""
+    return _one_pass(fd, 0)[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -45,10 +47,26 @@ def route(app: str, *pairs: tuple[Backend, int], draining: tuple[Backend, ...] =
     )
 
 
-@pytest.fixture
-def edge_config() -> EdgeConfig:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async edge test runs on asyncio's loop and, when installed, on uvloop's."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    if importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+@pytest.fixture(params=[True, False], ids=["lean-get", "aiohttp-only"])
+def edge_config(request: pytest.FixtureRequest) -> EdgeConfig:
+    """The proxy with its lean GET path (httptools) and with aiohttp's client only."""
     return EdgeConfig(
         port=0,
+        fast_path=bool(request.param),
         ejection=EjectionPolicy(consecutive_5xx=3, base_s=0.3, max_s=1.0),
         stats_interval_s=3600,
         shutdown_grace_s=2.0,

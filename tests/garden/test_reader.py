@@ -64,3 +64,22 @@ def test_invalid_apps_are_named(tmp_path: Path) -> None:
     result = GardenReader(tmp_path, display="").read()
     assert [name for name, _ in result.garden.invalid] == ["a", "broken.yaml"]
     assert result.garden.apps == ()
+
+
+def test_forget_sources_resolves_again(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "apps").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "apps" / "d").mkdir()
+    write(root / "d.yaml", APP.format(name="d", n=1))
+    reader = GardenReader(root)
+    assert [a.name for a in reader.read().garden.apps] == ["d"]
+    # The folder becomes a symlink out of the repository without the manifest changing
+    # (as a checkout can do): only a re-resolution catches it.
+    (root / "apps" / "d").rmdir()
+    (root / "apps" / "d").symlink_to(outside)
+    reader.forget_sources()
+    assert [p.message for p in reader.read().problems] == [
+        "spec.source: 'apps/d' resolves outside the repository root"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tracemalloc
@@ -48,12 +49,15 @@ def test_layout_and_manifest(built):
         manifest = SporeManifest.from_bytes(zf.read("manifest.json"))
         infos = {i.filename: i for i in zf.infolist()}
     assert names == [
-        "manifest.json",
-        "signature.json",
         "payload/app.py",
         "payload/lib/blob.bin",
         "payload/run.sh",
+        "manifest.json",
+        "signature.json",
     ]
+    region = built.path.read_bytes()[: manifest.payload.size]
+    assert manifest.payload.sha256 == hashlib.sha256(region).hexdigest()
+    assert manifest.payload.size == infos["manifest.json"].header_offset
     assert infos["payload/app.py"].compress_type == zipfile.ZIP_DEFLATED
     assert infos["payload/lib/blob.bin"].compress_type == zipfile.ZIP_STORED
     assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos.values())

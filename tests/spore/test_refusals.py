@@ -24,6 +24,7 @@ from reconciler.spore import archive
 from reconciler.spore.archive import SporeLimits
 from reconciler.spore.build import BuiltSpore, build_spore
 from reconciler.spore.extract import extract_spore
+from reconciler.spore.signature import SignatureRecord
 from reconciler.spore.trust import TrustPolicy
 from reconciler.spore.verify import verify_spore
 from tests.spore import craft
@@ -208,7 +209,7 @@ def test_bomb_refused_without_inflating(built, trust, tmp_path, monkeypatch):
     with pytest.raises(SporeFormatError, match="compression-ratio"):
         verify_spore(hostile, trust)
     assert inflated == []
-    verify_spore(built.path, trust)  # the spy does see a normal spore's deflated file
+    verify_spore(built.path, trust, deep=True)  # the spy does see a normal deflated file
     assert inflated == ["payload/app.py"]
 
 
@@ -261,3 +262,46 @@ def test_missing_file(trust, tmp_path):
 def test_directory_is_not_a_spore(trust, tmp_path):
     with pytest.raises(SporeError):
         verify_spore(tmp_path, trust)
+
+
+def _resigned(built, keys, tmp_path, edit) -> Path:
+    """The same archive with an edited manifest, validly signed by the trusted key."""
+
+    def change(es: craft.Entries) -> craft.Entries:
+        es = craft.with_manifest(es, edit)
+        manifest = next(d for i, d in es if i.filename == "manifest.json")
+        sig = SignatureRecord.sign(keys.private, manifest).to_bytes()
+        return [(i, sig if i.filename == "signature.json" else d) for i, d in es]
+
+    return craft.rezip(built.path, tmp_path / "resigned.spore", change)
+
+
+def test_signed_but_wrong_file_hash_is_caught_by_deep_verify_and_extract(
+    built, keys, trust, tmp_path
+):
+    def edit(obj: dict) -> None:
+        obj["files"][0]["sha256"] = "f" * 64
+
+    hostile = _resigned(built, keys, tmp_path, edit)
+    verified = verify_spore(hostile, trust)  # the payload region is intact and signed
+    with pytest.raises(IntegrityError, match="'app.py': sha256 mismatch"):
+        verify_spore(hostile, trust, deep=True)
+    with pytest.raises(IntegrityError, match="app.py"):
+        extract_spore(verified, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_payload_entry_outside_the_signed_region(built, keys, trust, tmp_path):
+    def edit(obj: dict) -> None:
+        obj["payload"]["size"] = 10
+
+    with pytest.raises(SporeFormatError, match="outside the signed payload"):
+        verify_spore(_resigned(built, keys, tmp_path, edit), trust)
+
+
+def test_signed_region_longer_than_the_archive(built, keys, trust, tmp_path):
+    def edit(obj: dict) -> None:
+        obj["payload"]["size"] = 10**9
+
+    with pytest.raises(SporeFormatError, match="inside the payload region"):
+        verify_spore(_resigned(built, keys, tmp_path, edit), trust)

@@ -1,0 +1,253 @@
+"""The reconciler driver: garden source + builder + fabric around the pure plan (DESIGN §6).
+
+Tasks, all owned by one TaskGroup:
+
+* *garden*: on every change signal of the source, read the garden, build the missing
+  spores (in a thread), and swap in the new :class:`Desired`;
+* *fabric*: every change in the fabric wakes the planner (level-triggered: the planner
+  reads the whole view, the signal only says "look");
+* *lease*: keeps or waits for the lease (see :mod:`.lease`);
+* *plan*: while active, plan and publish whenever woken or when the plan's own timer
+  (``Actions.wakeup``) is due, and at least every ``resync_s``.
+
+Signal handlers and callbacks only set the wake event; the plan loop is the one consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
+from reconciler.controller.lease import Lease, LeaseConfig
+from reconciler.controller.mirror import FabricMirror
+from reconciler.controller.source import GardenSource
+from reconciler.core.model import (
+    Actions,
+    Actual,
+    Desired,
+    DesiredApp,
+    PlanConfig,
+    Status,
+    route_json,
+)
+from reconciler.core.plan import Planner
+from reconciler.errors import MycoError
+from reconciler.fabric.api import FabricAPI
+from reconciler.garden import GardenResult
+from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, routes_key
+
+log = logging.getLogger("myco.reconciler")
+
+
+@dataclass(frozen=True)
+class ReconcilerSettings:
+    fetch_urls: tuple[str, ...] = ()
+    allow_empty: bool = False
+    resync_s: float = 2.0
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+def stabilize(new: Desired, old: Desired | None) -> Desired:
+    """Reuse the old DesiredApp objects that did not change (the planner diffs by identity)."""
+    if old is None:
+        return new
+    apps: dict[str, DesiredApp] = {}
+    same = len(new.apps) == len(old.apps)
+    for name, app in new.apps.items():
+        prev = old.apps.get(name)
+        if prev is not None and prev == app:
+            apps[name] = prev
+        else:
+            apps[name] = app
+            same = False
+    return replace(new, apps=old.apps if same else apps)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        fabric: FabricAPI,
+        source: GardenSource,
+        builder: SporeBuilder | None,
+        settings: ReconcilerSettings | None = None,
+        *,
+        overrides: Overrides | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.fabric = fabric
+        self.source = source
+        self.builder = builder
+        self.settings = settings or ReconcilerSettings()
+        self.overrides = overrides or Overrides()
+        self.wall = wall
+        self.wake = asyncio.Event()
+        self.lease = Lease(fabric, self.settings.lease, wall=wall, on_change=self.wake.set)
+        self.mirror = FabricMirror(fabric)
+        self.planner = Planner(self.settings.plan)
+        self.garden: GardenResult | None = None
+        self.desired: Desired | None = None
+        self.statuses: dict[str, Status] = {}
+        self.last_actions = Actions()
+        self.passes = 0
+        self.converged = asyncio.Event()  # the last pass planned nothing and waits for nothing
+        self.garden_read = asyncio.Event()
+        self._adopt = True
+        self._published_garden: dict[str, Any] | None = None
+
+    # -- desired state ---------------------------------------------------------------
+
+    async def refresh_garden(self) -> None:
+        try:
+            result = await asyncio.to_thread(self.source.read)
+        except MycoError as exc:
+            log.warning("cannot read the garden %s: %s", self.source.description, exc)
+            return
+        self.garden = result
+        await self.rebuild_desired()
+        self.garden_read.set()
+
+    async def rebuild_desired(self) -> None:
+        if self.garden is None:
+            return
+        garden = self.garden.garden
+        desired = await asyncio.to_thread(
+            desired_from,
+            garden,
+            self.builder,
+            fetch_urls=self.settings.fetch_urls,
+            allow_empty=self.settings.allow_empty,
+            overrides=self.overrides,
+        )
+        self.desired = stabilize(desired, self.desired)
+        log.info(
+            "garden %s at %s: %d app(s), %d invalid",
+            self.source.description,
+            garden.revision[:12],
+            len(desired.apps),
+            len(desired.invalid),
+        )
+        self.wake.set()
+
+    async def set_overrides(self, overrides: Overrides) -> None:
+        self.overrides = overrides
+        await self.rebuild_desired()
+
+    # -- one pass --------------------------------------------------------------------
+
+    def plan_once(self) -> Actions | None:
+        """Plan and publish once if active; None when not active or no garden yet."""
+        if not self.lease.active:
+            self._adopt = True
+            return None
+        if self.desired is None:
+            return None
+        if self._adopt:
+            self.adopt_overrides()
+        actual = self.mirror.actual(self.lease.epoch, adopt=self._adopt)
+        now = self.wall()
+        actions, statuses = self.planner.plan(self.desired, actual, now, full=self._adopt)
+        self._adopt = False
+        self.publish(actions, actual.apply(actions))
+        self.statuses = statuses
+        self.publish_garden()
+        self.last_actions = actions
+        self.passes += 1
+        if actions.empty and actions.wakeup is None:
+            self.converged.set()
+        else:
+            self.converged.clear()
+        if not actions.empty:
+            log.info("pass %d: published %s", self.passes, actions.summary())
+        return actions
+
+    def publish(self, actions: Actions, after: Actual) -> None:
+        for node, rec in actions.intents.items():
+            self.fabric.publish(intents_key(node), rec.to_json())
+        for app in sorted(set(actions.routes) | set(actions.rollouts)):
+            route = after.routes.get(app)
+            if route is None:
+                self.fabric.delete(routes_key(app))
+            else:
+                value = route_json(route, after.rollouts.get(app))
+                self.fabric.publish(routes_key(app), value)
+
+    def adopt_overrides(self) -> None:
+        """Take over the CLI overrides of the previous holder (from its garden record)."""
+        best: tuple[int, Overrides] | None = None
+        for (_owner, key), value in self.fabric.view(KEY_GARDEN, include_gone=True).items():
+            if key != KEY_GARDEN or not isinstance(value, dict):
+                continue
+            epoch = value.get("epoch")
+            if isinstance(epoch, int) and (best is None or epoch > best[0]):
+                best = (epoch, Overrides.from_json(value.get("overrides")))
+        if best is not None and best[1] != self.overrides and best[0] < self.lease.epoch:
+            if not (self.overrides.suspended or self.overrides.drain or self.overrides.pins):
+                log.info("adopting overrides of epoch %d: %s", best[0], best[1].to_json())
+                self.overrides = best[1]
+                if self.desired is not None:
+                    self.desired = replace(
+                        self.desired, drain=best[1].drain, suspended=best[1].suspended
+                    )
+
+    def publish_garden(self) -> None:
+        if self.garden is None:
+            return
+        garden = self.garden.garden
+        apps = {name: status.to_json() for name, status in sorted(self.statuses.items())}
+        record = GardenRevisionRecord(
+            revision=garden.revision,
+            source=garden.source or self.source.description,
+            commit=garden.revision if len(garden.revision) == 40 else "",
+            apps=apps,
+        ).to_json()
+        record["problems"] = [str(p) for p in self.garden.problems]
+        record["overrides"] = self.overrides.to_json()
+        record["epoch"] = self.lease.epoch
+        if record != self._published_garden:
+            self.fabric.publish(KEY_GARDEN, record)
+            self._published_garden = record
+
+    # -- the tasks -------------------------------------------------------------------
+
+    async def _garden_loop(self) -> None:
+        async for _ in self.source.changes():
+            await self.refresh_garden()
+
+    async def _fabric_loop(self) -> None:
+        async for _change in self.fabric.subscribe(""):
+            self.wake.set()
+
+    async def _plan_loop(self) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                actions = self.plan_once()
+            except MycoError as exc:
+                log.warning("plan pass failed: %s", exc)
+                actions = None
+            timeout = self.settings.resync_s
+            if actions is not None and actions.wakeup is not None:
+                timeout = max(0.01, min(timeout, actions.wakeup - self.wall()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            await asyncio.sleep(0.02)  # coalesce a burst of fabric changes into one pass
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        """Run until cancelled; on the way out give the lease up."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._garden_loop(), name="reconciler-garden")
+                tg.create_task(self._fabric_loop(), name="reconciler-fabric")
+                tg.create_task(self.lease.run(), name="reconciler-lease")
+                tg.create_task(self._plan_loop(), name="reconciler-plan")
+                if started is not None:
+                    started.set()
+        finally:
+            self.lease.release()

@@ -1,0 +1,106 @@
+"""Garden sources (a seam): where the garden is read from and when it changed.
+
+:class:`DirSource` watches a directory (watchdog, debounced) and also re-reads it every
+``resync_s`` in case an event was missed; :class:`GitSource` polls a Git remote branch;
+:class:`StaticSource` is the in-memory fake for tests and for one-shot ``myco apply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from reconciler.garden import GardenReader, GardenResult
+from reconciler.garden.git import GitGarden, GitPoller
+from reconciler.garden.model import Garden
+from reconciler.garden.watch import GardenWatcher
+
+
+class GardenSource(Protocol):
+    description: str
+
+    def read(self) -> GardenResult:
+        """Read the garden now (blocking: call it in a thread)."""
+        ...
+
+    def changes(self) -> AsyncIterator[None]:
+        """One item now, then one whenever the garden may have changed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DirSource:
+    def __init__(self, root: Path, resync_s: float = 30.0, debounce_s: float = 0.05) -> None:
+        self.root = Path(root)
+        self.description = str(self.root)
+        self.resync_s = resync_s
+        self.debounce_s = debounce_s
+        self._reader = GardenReader(self.root)
+
+    def read(self) -> GardenResult:
+        return self._reader.read(source=self.description)
+
+    async def changes(self) -> AsyncIterator[None]:
+        yield None
+        async with GardenWatcher(self.root, debounce_s=self.debounce_s) as watcher:
+            signals = aiter(watcher)
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(anext(signals), self.resync_s)
+                yield None
+
+    def close(self) -> None:
+        pass
+
+
+class GitSource:
+    def __init__(
+        self, url: str, branch: str = "main", interval_s: float = 5.0, subdir: str = ""
+    ) -> None:
+        self.git = GitGarden(url, branch, subdir=subdir)
+        self.description = f"{url}#{branch}"
+        self.interval_s = interval_s
+        self.poller = GitPoller(self.git, interval_s=interval_s)
+
+    def read(self) -> GardenResult:
+        return self.git.read()
+
+    async def changes(self) -> AsyncIterator[None]:
+        async for _sha in self.poller:
+            yield None
+
+    def close(self) -> None:
+        self.git.close()
+
+
+class StaticSource:
+    """A fixed garden (tests, ``myco apply``); :meth:`set` replaces it and signals."""
+
+    def __init__(self, result: GardenResult, description: str = "static") -> None:
+        self.result = result
+        self.description = description
+        self._changed = asyncio.Event()
+
+    def set(self, result: GardenResult) -> None:
+        self.result = result
+        self._changed.set()
+
+    def read(self) -> GardenResult:
+        return self.result
+
+    async def changes(self) -> AsyncIterator[None]:
+        while True:
+            yield None
+            await self._changed.wait()
+            self._changed.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def empty_result() -> GardenResult:
+    return GardenResult(Garden(apps=()), [])

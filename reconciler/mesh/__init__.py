@@ -1,0 +1,1 @@
+"""`myco up`: a whole local mesh as child processes; identities (DESIGN §2)."""
