@@ -26,6 +26,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -80,6 +81,8 @@ class AgentConfig:
     cluster: str = "myco"
     profile: str = "local"
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    wither_on_exit: bool = False  # stop the instances too when the agent stops (myco up)
+    exit_wither_timeout_s: float = 30.0
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Agent:
         )
         self.api_url = ""
         self.records: dict[str, InstanceRecord] = {}
+        self.records_json: dict[str, dict[str, Any]] = {}  # as published (API reuses it)
         self._sups: dict[str, Supervisor] = {}
         self._digests: dict[str, str] = {}  # instance -> digest, for every local instance
         self._nutrients: dict[str, Nutrients] = {}
@@ -123,10 +127,13 @@ class Agent:
         self._failed: dict[str, _Failed] = {}
         self._ports: set[int] = set()
         self._dirty = asyncio.Event()
+        self._exiting = False
         self._tg: asyncio.TaskGroup | None = None
         self._session: aiohttp.ClientSession | None = None
         self.cache: SporeCache | None = None
         self.max_epoch = self._load_epoch()
+        self.intent_revision = ""
+        self.intent_seen_at = 0.0  # wall time the current intent was first acted on
         self.metrics: dict[str, int] = {
             "sprouts_total": 0,
             "withers_total": 0,
@@ -150,7 +157,12 @@ class Agent:
                 self.publish_node()
                 tg.create_task(self._watch_fabric(), name="agent-watch")
                 self.ready.set()
-                await self._loop()
+                try:
+                    await self._loop()
+                except asyncio.CancelledError:
+                    if self.config.wither_on_exit:
+                        await self._wither_all()
+                    raise
             finally:
                 await api.cleanup()
                 self.enforcer.cleanup()  # only removes the agent's cgroup dir if empty
@@ -191,6 +203,9 @@ class Agent:
         intent = self.current_intent()
         if intent is None:
             return
+        if intent.revision != self.intent_revision or intent.epoch > self.max_epoch:
+            self.intent_revision = intent.revision
+            self.intent_seen_at = self.clock.time()
         if intent.epoch > self.max_epoch:
             self.max_epoch = intent.epoch
             self._save_epoch()
@@ -231,10 +246,22 @@ class Agent:
             if task is not None:
                 task.cancel()  # still fetching: nothing runs yet
 
+    async def _wither_all(self) -> None:
+        """Stop every instance (the agent is exiting with ``wither_on_exit``)."""
+        self._exiting = True  # no waiting for the edge: the whole mesh is going away
+        for iid in list(self._tasks):
+            self._stop(iid, "the agent is exiting (wither on exit)")
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.exit_wither_timeout_s)
+            if pending:
+                log.error("%d instance(s) not withered before exit", len(pending))
+
     def _forget(self, iid: str) -> None:
         self._digests.pop(iid, None)
         self._nutrients.pop(iid, None)
         self.records.pop(iid, None)
+        self.records_json.pop(iid, None)
         with contextlib.suppress(FabricError):
             self.fabric.delete(instance_key(iid))
         self.publish_node()
@@ -377,8 +404,10 @@ class Agent:
     # --- reporting ----------------------------------------------------------------------
     def report(self, record: InstanceRecord) -> None:
         self.records[record.instance_id] = record
+        body = record.to_json()
+        self.records_json[record.instance_id] = body
         try:
-            self.fabric.publish(instance_key(record.instance_id), record.to_json())
+            self.fabric.publish(instance_key(record.instance_id), body)
         except FabricError as exc:
             log.warning("cannot publish %s: %s", record.instance_id, exc)
 
@@ -400,6 +429,8 @@ class Agent:
 
     def routed(self, endpoint: str) -> bool:
         """Whether any ``routes/*`` record still sends traffic to ``endpoint``."""
+        if self._exiting:
+            return False
         for value in self.fabric.view(PREFIX_ROUTES).values():
             if not isinstance(value, dict):
                 continue

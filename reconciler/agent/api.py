@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,12 +130,14 @@ async def node(request: web.Request) -> web.Response:
     body["enforcement"] = agent.enforcer.mechanism
     body["enforcement_reason"] = agent.enforcer.reason
     body["epoch"] = agent.max_epoch
+    body["intent_revision"] = agent.intent_revision
+    body["intent_seen_at"] = agent.intent_seen_at
     return web.json_response(body)
 
 
 async def instances(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
-    return web.json_response([r.to_json() for r in agent.instances()])
+    return web.json_response([agent.records_json[k] for k in sorted(agent.records_json)])
 
 
 async def fabric_view(request: web.Request) -> web.Response:
@@ -146,6 +149,12 @@ async def fabric_view(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
+    """An instance's log: rotated files first (oldest first), then the live file.
+
+    ``tail=N`` starts with the last N lines of the live file; ``since=S`` (seconds) leaves
+    out rotated files last written more than S seconds ago (lines carry no timestamps of
+    their own, so this is per file); ``follow=1`` keeps streaming what is appended.
+    """
     agent = request.app[AGENT_KEY]
     iid = request.match_info["instance"]
     path = agent.state.log_path(iid)
@@ -153,6 +162,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no logs for instance {iid!r}\n")
     follow = request.query.get("follow", "") in ("1", "true", "yes")
     tail = request.query.get("tail", "")
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+    except ValueError:
+        raise web.HTTPBadRequest(text="since: expected seconds\n") from None
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await resp.prepare(request)
     if tail.isdigit():
@@ -160,6 +173,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
         await resp.write("".join(line + "\n" for line in lines).encode())
         pos = path.stat().st_size
     else:
+        for old in _rotated(path, since):
+            await _copy_new(old, 0, resp)
         pos = 0
     while True:
         pos = await _copy_new(path, pos, resp)
@@ -168,6 +183,22 @@ async def logs(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(FOLLOW_POLL_S)
     await resp.write_eof()
     return resp
+
+
+def _rotated(path: Path, since: float | None) -> list[Path]:
+    found: list[tuple[int, Path]] = []
+    cutoff = None if since is None else time.time() - since
+    for p in path.parent.glob(f"{path.name}.*"):
+        suffix = p.name[len(path.name) + 1 :]
+        if not suffix.isdigit():
+            continue
+        try:
+            if cutoff is not None and p.stat().st_mtime < cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        found.append((int(suffix), p))
+    return [p for _, p in sorted(found, reverse=True)]  # .3, .2, .1: oldest first
 
 
 async def _copy_new(path: Path, pos: int, resp: web.StreamResponse) -> int:

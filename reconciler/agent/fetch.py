@@ -28,7 +28,14 @@ from tenacity import (
     wait_random,
 )
 
-from reconciler.errors import FetchError, IntegrityError, MycoError, NotFoundError, RepoError
+from reconciler.errors import (
+    FetchError,
+    IntegrityError,
+    MycoError,
+    NotFoundError,
+    RepoError,
+    SporeFormatError,
+)
 from reconciler.repo import check_digest
 from reconciler.repo.http import fetch_spore
 from reconciler.spore.extract import extract_spore
@@ -100,8 +107,8 @@ class SporeCache:
         if path.is_file():
             try:
                 verified = await asyncio.to_thread(verify_spore, path, self.trust, digest)
-            except IntegrityError:
-                log.warning("cached spore %s is corrupt; fetching it again", digest)
+            except (IntegrityError, SporeFormatError) as exc:
+                log.warning("cached spore %s is damaged (%s); fetching it again", digest, exc)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
         if verified is None:

@@ -75,28 +75,44 @@ class ProcessRunner(Protocol):
     ) -> None: ...
 
 
-def read_start_ticks(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot, or None if it is gone/zombie."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the command name), or None if gone/zombie."""
     try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     rest = data.rpartition(b")")[2].split()
-    # rest[0] is field 3 (state); field 22 (starttime) is rest[19]
     if len(rest) < 20 or rest[0] in (b"Z", b"X"):
         return None
-    return int(rest[19])
+    return rest
 
 
-def _proc_pgid(pid: int) -> int | None:
+def read_start_ticks(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None if it is gone/zombie."""
+    rest = _stat_fields(pid)
+    return int(rest[19]) if rest is not None else None  # field 22: starttime
+
+
+def _read_environ(pid: int) -> bytes:
     try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
+        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return None
-    rest = data.rpartition(b")")[2].split()
-    if len(rest) < 5 or rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[2])
+        return b""
+    chunks: list[bytes] = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _scan(pgid: int | None, marker: bytes, node_marker: bytes) -> set[int]:
@@ -109,16 +125,13 @@ def _scan(pgid: int | None, marker: bytes, node_marker: bytes) -> set[int]:
         pid = int(name)
         if pid == me:
             continue
-        g = _proc_pgid(pid)
-        if g is None:
+        rest = _stat_fields(pid)
+        if rest is None:
             continue
-        if pgid is not None and g == pgid:
+        if pgid is not None and int(rest[2]) == pgid:  # field 5: pgrp
             found.add(pid)
             continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
+        env = _read_environ(pid)
         if marker in env and node_marker in env:
             found.add(pid)
     return found
@@ -219,14 +232,17 @@ class LocalRunner:
         # The group is only trusted while its leader is verified: a reused pid must never
         # make an unrelated process group a target.
         leader = read_start_ticks(info.pid) == info.start_ticks
-        pids = _scan(
-            info.pid if leader else None,
-            f"MYCO_INSTANCE={instance_id}\0".encode(),
-            f"MYCO_NODE={node}\0".encode(),
-        )
-        pids |= {p for p in cgroup_pids(limits) if read_start_ticks(p) is not None}
+        pids = {p for p in cgroup_pids(limits) if read_start_ticks(p) is not None}
         if leader:
             pids.add(info.pid)
+        if not limits.cgroup_dirs:
+            # No cgroup holds the instance: walk /proc for its group and for anything
+            # that carries its environment (a grandchild that called setsid).
+            pids |= _scan(
+                info.pid if leader else None,
+                f"MYCO_INSTANCE={instance_id}\0".encode(),
+                f"MYCO_NODE={node}\0".encode(),
+            )
         return pids
 
     def signal(self, info: ProcInfo, instance_id: str, node: str, limits: Limits, sig: int) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol
 import aiohttp
 import psutil
 
-from reconciler.agent.health import check_http
+from reconciler.agent.health import check_http, port_open
 from reconciler.agent.logfiles import remove_logs, rotate_if_needed, tail_lines
 from reconciler.agent.nutrients import Enforcer, oom_kills
 from reconciler.agent.policy import RestartTracker
@@ -61,6 +61,7 @@ class SupervisorSettings:
     advertise_host: str = "127.0.0.1"
     unhealthy_threshold: int = 3  # consecutive failed checks of a ready instance
     first_check_s: float = 0.01  # health polling while starting grows from here...
+    max_starting_check_s: float = 0.1  # ...up to this (or the DNA's interval if shorter)
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 3
     drain_delay_s: float = 0.5  # after the edge stopped listing the endpoint
@@ -183,7 +184,7 @@ class Supervisor:
         )
         return env
 
-    def _start(self) -> ProcInfo:
+    async def _start(self) -> ProcInfo:
         c = self.p.config
         spec = LaunchSpec(
             instance_id=c.instance_id,
@@ -194,7 +195,9 @@ class Supervisor:
             log_path=self.log_path,
             limits=self.p.limits,
         )
-        info = self.runner.start(spec)
+        # posix_spawn blocks until the child has exec'd: on a busy host that is a few ms,
+        # so it runs off the event loop (health checks of the others go on meanwhile).
+        info = await asyncio.to_thread(self.runner.start, spec)
         self.p = replace(self.p, proc=info, started_at=self.clock.time())
         self.p = replace(self.p, restarts=self.tracker.restarts)
         self.state.save(self.p)
@@ -212,7 +215,7 @@ class Supervisor:
                 info = None
         while True:
             if info is None:
-                info = self._start()
+                info = await self._start()
             self._set("starting", started_at=self.p.started_at, message="", healthy=False)
             self._wait = asyncio.ensure_future(self.runner.wait(info))
             unhealthy_msg = await self._watch()
@@ -269,7 +272,12 @@ class Supervisor:
             if self._wait.done():
                 return ""
             rotate_if_needed(self.log_path, self.settings.log_max_bytes, self.settings.log_keep)
-            ok = await check_http(self.session, self.endpoint, h.path, h.timeout_s)
+            if not ready and not await port_open(
+                self.settings.advertise_host, self.p.port, h.timeout_s
+            ):
+                ok = False  # not even listening yet: skip the (dearer) HTTP request
+            else:
+                ok = await check_http(self.session, self.endpoint, h.path, h.timeout_s)
             if ok:
                 bad = 0
                 if not ready:
@@ -279,7 +287,8 @@ class Supervisor:
             if not ready:
                 if self.clock.monotonic() - start > h.grace_s:
                     return f"not healthy within {h.grace_s:g}s"
-                step = min(step * 1.5, max(h.interval_s, self.settings.first_check_s))
+                cap = min(h.interval_s, self.settings.max_starting_check_s)
+                step = min(step * 1.5, max(cap, self.settings.first_check_s))
                 continue
             bad += 1
             if bad >= self.settings.unhealthy_threshold:

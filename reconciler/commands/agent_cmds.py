@@ -3,10 +3,11 @@
 Flags, or a YAML/JSON ``--config`` file with the same names (``node``, ``join``, ``state``,
 ``api``, ``gossip_bind``, ``gossip_key``, ``trust``, ``capacity_cpu_milli``,
 ``capacity_memory_mb``, ``labels``, ``advertise_host``, ``enforcement``, ``cluster``,
-``profile``); a flag given on the command line wins over the file.
+``profile``, ``wither_on_exit``); a flag given on the command line wins over the file.
 
-SIGTERM / SIGINT stop the agent, never its instances: they keep running and the next
-``myco agent`` on the same ``--state`` adopts them.
+SIGTERM / SIGINT stop the agent, not its instances: they keep running and the next
+``myco agent`` on the same ``--state`` adopts them. ``--wither-on-exit`` (what ``myco up``
+uses) withers them first instead.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import contextlib
 import signal
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from reconciler.errors import ConfigError, UsageError
 
@@ -35,6 +34,7 @@ _DEFAULTS: dict[str, Any] = {
     "enforcement": "auto",
     "cluster": "myco",
     "profile": "local",
+    "wither_on_exit": False,
 }
 
 
@@ -51,23 +51,27 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--api", metavar="HOST:PORT", help="local API address (127.0.0.1:0)")
     p.add_argument("--gossip-bind", metavar="HOST:PORT", help="fabric address (127.0.0.1:0)")
     p.add_argument("--gossip-key", metavar="FILE", help="fabric keyring file")
-    p.add_argument(
-        "--trust", nargs="+", metavar="FILE", help="trusted keys / trust policy files"
-    )
+    p.add_argument("--trust", nargs="+", metavar="FILE", help="trusted keys / trust policy files")
     p.add_argument("--capacity-cpu-milli", type=int, metavar="N")
     p.add_argument("--capacity-memory-mb", type=int, metavar="N")
     p.add_argument("--label", action="append", dest="labels", metavar="K=V")
     p.add_argument("--advertise-host", help="host the instances' endpoints are reported on")
-    p.add_argument(
-        "--enforcement", choices=("auto", "cgroup2", "cgroup1", "rlimit"), help="(auto)"
-    )
+    p.add_argument("--enforcement", choices=("auto", "cgroup2", "cgroup1", "rlimit"), help="(auto)")
     p.add_argument("--cluster", help="fabric cluster name (myco)")
     p.add_argument("--profile", choices=("local", "lan"), help="fabric timing profile")
+    p.add_argument(
+        "--wither-on-exit",
+        action="store_true",
+        default=None,
+        help="stop the instances when the agent stops (default: leave them to be adopted)",
+    )
     p.add_argument("--config", metavar="FILE", help="YAML/JSON file with the settings above")
     p.set_defaults(func=run_agent)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml  # only when a config file is used: keeps the agent's start-up small
+
     merged = dict(_DEFAULTS)
     if args.config:
         try:
@@ -154,6 +158,7 @@ def run_agent(args: argparse.Namespace) -> int:
         enforcement=str(s["enforcement"]),
         cluster=str(s["cluster"]),
         profile=str(s["profile"]),
+        wither_on_exit=bool(s["wither_on_exit"]),
     )
     asyncio.run(_main(config, trust))
     return 0

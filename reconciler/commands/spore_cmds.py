@@ -241,7 +241,8 @@ def _render_verified(v: VerifiedSpore, as_json: bool) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    verified = verify_spore(Path(args.spore), _trust(args.trust), args.digest)
+    # deep: also inflate and hash every file against the manifest (a CLI check is thorough)
+    verified = verify_spore(Path(args.spore), _trust(args.trust), args.digest, deep=True)
     _render_verified(verified, args.json)
     return 0
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from reconciler.controller import history
 from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
 from reconciler.controller.lease import Lease, LeaseConfig
 from reconciler.controller.mirror import FabricMirror
@@ -37,8 +40,8 @@ from reconciler.core.model import (
     route_json,
 )
 from reconciler.core.plan import Planner
-from reconciler.errors import MycoError
-from reconciler.fabric.api import FabricAPI
+from reconciler.errors import ConfigError, MycoError
+from reconciler.fabric.api import FabricAPI, JSONValue
 from reconciler.garden import GardenResult
 from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, routes_key
 
@@ -52,6 +55,32 @@ class ReconcilerSettings:
     resync_s: float = 2.0
     lease: LeaseConfig = field(default_factory=LeaseConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+def save_overrides(path: Path, overrides: Overrides) -> None:
+    """Write the CLI overrides atomically (they survive a restart of this reconciler)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(overrides.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_overrides(path: Path) -> Overrides:
+    try:
+        return Overrides.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return Overrides()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable overrides: {exc}") from exc
+
+
+def plain(value: Any) -> JSONValue:
+    """``value`` as plain JSON (lists, not the tuples ``dataclasses.asdict`` leaves)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value  # type: ignore[no-any-return]
 
 
 def stabilize(new: Desired, old: Desired | None) -> Desired:
@@ -79,8 +108,10 @@ class Reconciler:
         settings: ReconcilerSettings | None = None,
         *,
         overrides: Overrides | None = None,
+        overrides_path: Path | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self.overrides_path = overrides_path
         self.fabric = fabric
         self.source = source
         self.builder = builder
@@ -98,7 +129,10 @@ class Reconciler:
         self.passes = 0
         self.converged = asyncio.Event()  # the last pass planned nothing and waits for nothing
         self.garden_read = asyncio.Event()
+        self._garden_changed = asyncio.Event()
         self._adopt = True
+        self.history: history.History = {}
+        self.control_url = ""
         self._published_garden: dict[str, Any] | None = None
 
     # -- desired state ---------------------------------------------------------------
@@ -137,6 +171,8 @@ class Reconciler:
 
     async def set_overrides(self, overrides: Overrides) -> None:
         self.overrides = overrides
+        if self.overrides_path is not None:
+            await asyncio.to_thread(save_overrides, self.overrides_path, overrides)
         await self.rebuild_desired()
 
     # -- one pass --------------------------------------------------------------------
@@ -154,7 +190,10 @@ class Reconciler:
         now = self.wall()
         actions, statuses = self.planner.plan(self.desired, actual, now, full=self._adopt)
         self._adopt = False
-        self.publish(actions, actual.apply(actions))
+        after = actual.apply(actions)
+        self.publish(actions, after)
+        if actions.rollouts or not self.history:
+            history.record(self.history, after.rollouts, self.desired, now)
         self.statuses = statuses
         self.publish_garden()
         self.last_actions = actions
@@ -169,14 +208,14 @@ class Reconciler:
 
     def publish(self, actions: Actions, after: Actual) -> None:
         for node, rec in actions.intents.items():
-            self.fabric.publish(intents_key(node), rec.to_json())
+            self.fabric.publish(intents_key(node), plain(rec.to_json()))
         for app in sorted(set(actions.routes) | set(actions.rollouts)):
             route = after.routes.get(app)
             if route is None:
                 self.fabric.delete(routes_key(app))
             else:
                 value = route_json(route, after.rollouts.get(app))
-                self.fabric.publish(routes_key(app), value)
+                self.fabric.publish(routes_key(app), plain(value))
 
     def adopt_overrides(self) -> None:
         """Take over the CLI overrides of the previous holder (from its garden record)."""
@@ -187,6 +226,11 @@ class Reconciler:
             epoch = value.get("epoch")
             if isinstance(epoch, int) and (best is None or epoch > best[0]):
                 best = (epoch, Overrides.from_json(value.get("overrides")))
+                past = value.get("history")
+                if isinstance(past, dict) and epoch < self.lease.epoch:
+                    for app, entries in past.items():
+                        if isinstance(entries, list) and app not in self.history:
+                            self.history[app] = [e for e in entries if isinstance(e, dict)]
         if best is not None and best[1] != self.overrides and best[0] < self.lease.epoch:
             if not (self.overrides.suspended or self.overrides.drain or self.overrides.pins):
                 log.info("adopting overrides of epoch %d: %s", best[0], best[1].to_json())
@@ -210,15 +254,21 @@ class Reconciler:
         record["problems"] = [str(p) for p in self.garden.problems]
         record["overrides"] = self.overrides.to_json()
         record["epoch"] = self.lease.epoch
+        record["holder"] = self.fabric.name
+        record["control_url"] = self.control_url
+        record["history"] = self.history
         if record != self._published_garden:
-            self.fabric.publish(KEY_GARDEN, record)
+            self.fabric.publish(KEY_GARDEN, plain(record))
             self._published_garden = record
 
     # -- the tasks -------------------------------------------------------------------
 
     async def _garden_loop(self) -> None:
-        async for _ in self.source.changes():
+        while True:
+            self._garden_changed.clear()
             await self.refresh_garden()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._garden_changed.wait(), self.source.resync_s)
 
     async def _fabric_loop(self) -> None:
         async for _change in self.fabric.subscribe(""):
@@ -243,6 +293,7 @@ class Reconciler:
         """Run until cancelled; on the way out give the lease up."""
         try:
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.source.watch(self._garden_changed.set), name="garden-watch")
                 tg.create_task(self._garden_loop(), name="reconciler-garden")
                 tg.create_task(self._fabric_loop(), name="reconciler-fabric")
                 tg.create_task(self.lease.run(), name="reconciler-lease")

@@ -8,8 +8,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -21,13 +20,14 @@ from reconciler.garden.watch import GardenWatcher
 
 class GardenSource(Protocol):
     description: str
+    resync_s: float  # re-read at least this often, whatever the change signals say
 
     def read(self) -> GardenResult:
         """Read the garden now (blocking: call it in a thread)."""
         ...
 
-    def changes(self) -> AsyncIterator[None]:
-        """One item now, then one whenever the garden may have changed."""
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` whenever the garden may have changed; runs until cancelled."""
         ...
 
     def close(self) -> None: ...
@@ -44,14 +44,10 @@ class DirSource:
     def read(self) -> GardenResult:
         return self._reader.read(source=self.description)
 
-    async def changes(self) -> AsyncIterator[None]:
-        yield None
+    async def watch(self, changed: Callable[[], None]) -> None:
         async with GardenWatcher(self.root, debounce_s=self.debounce_s) as watcher:
-            signals = aiter(watcher)
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(anext(signals), self.resync_s)
-                yield None
+            async for _ in watcher:
+                changed()
 
     def close(self) -> None:
         pass
@@ -63,15 +59,15 @@ class GitSource:
     ) -> None:
         self.git = GitGarden(url, branch, subdir=subdir)
         self.description = f"{url}#{branch}"
-        self.interval_s = interval_s
+        self.resync_s = max(interval_s * 6, 30.0)
         self.poller = GitPoller(self.git, interval_s=interval_s)
 
     def read(self) -> GardenResult:
         return self.git.read()
 
-    async def changes(self) -> AsyncIterator[None]:
+    async def watch(self, changed: Callable[[], None]) -> None:
         async for _sha in self.poller:
-            yield None
+            changed()
 
     def close(self) -> None:
         self.git.close()
@@ -83,20 +79,20 @@ class StaticSource:
     def __init__(self, result: GardenResult, description: str = "static") -> None:
         self.result = result
         self.description = description
-        self._changed = asyncio.Event()
+        self.resync_s = 3600.0
+        self._changed: Callable[[], None] | None = None
 
     def set(self, result: GardenResult) -> None:
         self.result = result
-        self._changed.set()
+        if self._changed is not None:
+            self._changed()
 
     def read(self) -> GardenResult:
         return self.result
 
-    async def changes(self) -> AsyncIterator[None]:
-        while True:
-            yield None
-            await self._changed.wait()
-            self._changed.clear()
+    async def watch(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+        await asyncio.Event().wait()  # until cancelled
 
     def close(self) -> None:
         pass

@@ -141,6 +141,7 @@ class Planner:
         self._order: list[str] = []
         self._dependents: dict[str, list[str]] = {}
         self._seen_apps: dict[str, object] = {}
+        self._seen_invalid: dict[str, str] = {}
         self._fetch_urls: tuple[str, ...] = ()
         self._seen_instances: dict[str, object] = {}
         self._seen_routes: dict[str, object] = {}
@@ -151,10 +152,10 @@ class Planner:
     def _changed(self, desired: Desired, actual: Actual) -> set[str]:
         out: set[str] = set()
         out |= _diff_identity(self._seen_apps, desired.apps, lambda k, v: k)
-        for name in desired.invalid:
-            if desired.invalid.get(name) != self._seen_apps.get("invalid:" + name):
-                out.add(name)
-        self._seen_apps.update({"invalid:" + k: v for k, v in desired.invalid.items()})
+        if desired.invalid != self._seen_invalid:
+            old, new = self._seen_invalid, desired.invalid
+            out |= {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+            self._seen_invalid = dict(new)
         out |= _diff_identity(
             self._seen_instances, actual.instances, lambda k, v: getattr(v, "app", "")
         )

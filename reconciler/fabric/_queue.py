@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from .codec import Message, wire_size
 
@@ -19,7 +19,8 @@ class _Item:
 
 
 class BroadcastQueue:
-    def __init__(self) -> None:
+    def __init__(self, on_queue: Callable[[], None] | None = None) -> None:
+        self._on_queue = on_queue
         # A newer message for a key (a member, an owner's key) replaces the older one.
         self._items: dict[Hashable, _Item] = {}
         self._seq = itertools.count()
@@ -29,6 +30,8 @@ class BroadcastQueue:
 
     def queue(self, key: Hashable, msg: Message) -> None:
         self._items[key] = _Item(-next(self._seq), msg)
+        if self._on_queue is not None:
+            self._on_queue()
 
     def transmits(self, key: Hashable) -> int | None:
         item = self._items.get(key)

@@ -149,7 +149,8 @@ class Engine:
         self.awareness = 0
         self.seeds = list(dict.fromkeys(seeds))
         self.store = StateStore()
-        self.bq = BroadcastQueue()
+        self.bq = BroadcastQueue(self._wake_gossip)
+        self._addr_owner: dict[str, str] = {self.addr: name}
         self.members: dict[str, MemberInfo] = {
             name: MemberInfo(name, self.addr, incarnation, ALIVE, sched.now())
         }
@@ -179,7 +180,7 @@ class Engine:
         self._every("probe", c.probe_interval * r.random(), self._probe_tick)
         self._every("gossip", c.gossip_interval * r.random(), self._gossip_tick)
         self._every("pushpull", c.push_pull_interval * r.random(), self._push_pull_tick)
-        self._every("reap", c.probe_interval, self._reap_tick)
+        self._every("reap", c.probe_interval * (1 + r.random()), self._reap_tick)
         self._every("rejoin", c.rejoin_interval * r.random(), self._rejoin_tick)
         if c.udp_sync_interval > 0:
             self._every("sync", c.udp_sync_interval * r.random(), self._udp_sync_tick)
@@ -200,6 +201,8 @@ class Engine:
             nxt = fn()
             if nxt is not None and self._running:
                 self._timers[name] = self.sched.call_later(nxt, tick)
+            else:
+                self._timers.pop(name, None)  # idle until woken (see _wake_gossip)
 
         self._timers[name] = self.sched.call_later(delay, tick)
 
@@ -340,7 +343,7 @@ class Engine:
 
     def _send_packet(self, addr: str, msgs: list[Message], piggyback: bool = True) -> None:
         budget = self.cfg.packet_budget
-        if piggyback:
+        if piggyback and len(self.bq):
             used = 2 + sum(codec.wire_size(m) for m in msgs)
             msgs = msgs + self.bq.take(budget - used, self._limit())
         data = seal(self.keyring, codec.encode(msgs), self.cluster)
@@ -427,6 +430,7 @@ class Engine:
         """Know a member without gossip (the simulator's bootstrap of a large cluster)."""
         if name not in self.members and name != self.name:
             self.members[name] = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
+            self._addr_owner[addr] = name
             order = self._probe_order
             order.insert(int(self.rng.random() * (len(order) + 1)), name)
             self._set_live(name, True)
@@ -434,6 +438,7 @@ class Engine:
     def _add_member(self, name: str, addr: str, inc: int, broadcast: bool = True) -> None:
         m = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
         self.members[name] = m
+        self._addr_owner[addr] = name
         # memberlist inserts new nodes at a random position of the probe order.
         self._probe_order.insert(int(self.rng.random() * (len(self._probe_order) + 1)), name)
         self._member_changed(m, None)
@@ -454,6 +459,7 @@ class Engine:
             return
         old = m.state
         m.inc, m.addr, m.state = a.inc, a.addr, ALIVE
+        self._addr_owner[a.addr] = a.name
         if old != ALIVE:
             m.since = self.sched.now()
         s = self._suspicions.pop(a.name, None)
@@ -636,32 +642,37 @@ class Engine:
             if not done.acked and r.nack:
                 self._send_packet(r.src_addr, [Nack(r.seq)], piggyback=False)
 
-        self.sched.call_later(self.cfg.probe_timeout, expire)
+        # Lifeguard: the nack leaves at 80% of the probe timeout, so it arrives in time.
+        self.sched.call_later(self.cfg.probe_timeout * 0.8, expire)
 
     # --- gossip, anti-entropy, push-pull ------------------------------------------------
 
-    def _gossip_tick(self) -> float:
-        if len(self.bq):
-            for peer in self._pick(self.cfg.gossip_nodes, include_dead=True):
-                msgs = self.bq.take(self.cfg.packet_budget - 2, self._limit())
-                if not msgs:
-                    break
-                self._send_packet(self.members[peer].addr, msgs, piggyback=False)
+    def _gossip_tick(self) -> float | None:
+        if not len(self.bq):
+            return None  # nothing to gossip: sleep until a broadcast is queued
+        for peer in self._pick(self.cfg.gossip_nodes, include_dead=True):
+            msgs = self.bq.take(self.cfg.packet_budget - 2, self._limit())
+            if not msgs:
+                break
+            self._send_packet(self.members[peer].addr, msgs, piggyback=False)
         return self.cfg.gossip_interval
+
+    def _wake_gossip(self) -> None:
+        if self._running and "gossip" not in self._timers:
+            self._every("gossip", self.cfg.gossip_interval * self.rng.random(), self._gossip_tick)
 
     def _visible_owners(self) -> list[str]:
         return [o for o in self.store.owners() if self.visible(o)]
 
     def _udp_sync_tick(self) -> float:
         c = self.cfg
-        if len(self._live) * 12 < c.digest_udp_max:
-            peers = self._pick(1)
-            if peers:
-                digest = Digest(
-                    self.name, self.addr, True, self.store.digest(self._visible_owners())
-                )
-                if codec.wire_size(digest) <= c.digest_udp_max:
-                    self._send_packet(self.members[peers[0]].addr, [digest], piggyback=False)
+        if len(self._live) * 12 >= c.digest_udp_max:
+            return c.udp_sync_interval * 10  # too many owners for a packet: push-pull does it
+        peers = self._pick(1)
+        if peers:
+            digest = Digest(self.name, self.addr, True, self.store.digest(self._visible_owners()))
+            if codec.wire_size(digest) <= c.digest_udp_max:
+                self._send_packet(self.members[peers[0]].addr, [digest], piggyback=False)
         return c.udp_sync_interval
 
     def _on_digest(self, d: Digest) -> None:
@@ -766,6 +777,8 @@ class Engine:
             if now - m.since > self.cfg.reap_after:
                 del self.members[name]
                 self._gone.discard(name)
+                if self._addr_owner.get(m.addr) == name:
+                    del self._addr_owner[m.addr]
                 self.store.drop(name)
         horizon = now - self.cfg.rejoin_forget_after
         for addr in [a for a, t in self._known.items() if t < horizon]:
@@ -776,11 +789,16 @@ class Engine:
         """Re-join seeds and recently known addresses that are not live members now."""
         if not self.seeds and not self._known:
             return self.cfg.rejoin_interval
-        live = {self.members[n].addr for n in self._live}
-        live.add(self.addr)
-        left = {m.addr for m in self.members.values() if m.state == LEFT}
-        targets = [s for s in self.seeds if s not in live]
-        others = [a for a in self._known if a not in live and a not in left and a not in targets]
+
+        def state_at(addr: str) -> int | None:
+            owner = self._addr_owner.get(addr)
+            m = self.members.get(owner) if owner is not None else None
+            return None if m is None or m.addr != addr else m.state
+
+        targets = [s for s in self.seeds if state_at(s) not in (ALIVE, SUSPECT)]
+        others = [
+            a for a in self._known if state_at(a) not in (ALIVE, SUSPECT, LEFT) and a not in targets
+        ]
         if others:
             targets += self.rng.sample(others, min(3, len(others)))
         by_addr: dict[str, list[MemberRow]] = {}

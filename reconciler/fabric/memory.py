@@ -34,6 +34,7 @@ class MemoryNetwork:
         self._down: set[str] = set()
         self._group: dict[str, int] = {}  # addr -> partition group (absent: group 0)
         self._slow: dict[str, float] = {}  # addr -> extra latency of packets to/from it
+        self._blocked: set[tuple[str, str]] = set()  # (src, dst) links that drop everything
         self.bytes_sent: defaultdict[str, int] = defaultdict(int)
         self.packets_sent: defaultdict[str, int] = defaultdict(int)
         self._next_port = 1
@@ -52,6 +53,13 @@ class MemoryNetwork:
 
     def heal(self) -> None:
         self._group = {}
+        self._blocked.clear()
+
+    def block(self, src: str, dst: str, both: bool = True) -> None:
+        """Drop everything sent from ``src`` to ``dst`` (and back, if ``both``)."""
+        self._blocked.add((src, dst))
+        if both:
+            self._blocked.add((dst, src))
 
     def set_down(self, addr: str, down: bool = True) -> None:
         """A member that is down neither sends nor receives (a killed process)."""
@@ -68,6 +76,8 @@ class MemoryNetwork:
 
     def _reachable(self, src: str, dst: str) -> bool:
         if src in self._down or dst in self._down or dst not in self._receivers:
+            return False
+        if self._blocked and (src, dst) in self._blocked:
             return False
         return self._group.get(src, 0) == self._group.get(dst, 0)
 

@@ -82,7 +82,7 @@ class SimCluster:
             transport,
             self.sched,
             config or self.config,
-            keyring=ring,  # type: ignore[arg-type]
+            keyring=ring,
             cluster=cluster or self.cluster,
             rng=random.Random(self.rng.random()),
             version_floor=floor,

@@ -63,7 +63,15 @@ def read_layout(f: BinaryIO, limits: SporeLimits = DEFAULT_LIMITS) -> dict[str, 
     """Parse and check the archive's structure; nothing is inflated. Raise SporeFormatError."""
     try:
         zf = zipfile.ZipFile(f)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        ValueError,
+        OSError,
+        NotImplementedError,
+        struct.error,
+    ) as exc:
         raise SporeFormatError(f"not a spore: not a readable zip archive ({exc})") from exc
     with zf:
         infos = zf.infolist()
@@ -139,6 +147,8 @@ def _check_type(info: zipfile.ZipInfo) -> None:
 
 def _data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     """Where the entry's data starts, after checking its local header against the directory."""
+    if info.header_offset < 0:
+        raise SporeFormatError(f"entry {info.orig_filename!r}: bad header offset")
     raw = os.pread(f.fileno(), _LOCAL_HEADER.size, info.header_offset)
     if len(raw) != _LOCAL_HEADER.size:
         raise SporeFormatError(f"entry {info.orig_filename!r}: truncated local header")

@@ -115,13 +115,19 @@ def manifest_for(dna: Dna, files: Sequence[SourceFile]) -> SporeManifest:
     return SporeManifest.from_dna(dna, entries)
 
 
-def dna_key(dna: Dna, files: Sequence[SourceFile] | None = None) -> str:
+def dna_key(
+    dna: Dna, files: Sequence[SourceFile] | None = None, signer: bytes | None = None
+) -> str:
     """A stable key of "this DNA with these source files": hashes the files, builds no zip.
 
-    Two DNAs with the same key build byte-identical spores with the same signing key.
+    Two DNAs with the same key build byte-identical spores with the same signing key. Pass
+    ``signer`` (the raw public key) to make the key change when the signing key does.
     """
     manifest = manifest_for(dna, scan_source(dna.source) if files is None else files)
-    return hashlib.sha256(DNA_KEY_VERSION + manifest.canonical_bytes()).hexdigest()
+    h = hashlib.sha256(DNA_KEY_VERSION + manifest.canonical_bytes())
+    if signer is not None:
+        h.update(b"\nsigner:" + signer)
+    return h.hexdigest()
 
 
 def spore_filename(manifest: SporeManifest) -> str:

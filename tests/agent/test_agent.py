@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +188,19 @@ async def test_local_api(mesh: Mesh) -> None:
             assert f'myco_agent_instances{{node="{node}",phase="ready"}} 1' in text
         async with s.get(base + "/v1/logs/web-1", headers=auth) as resp:
             assert "starting web-1 on port" in await resp.text()
+        # a rotated file comes first; ``since`` leaves out files written before it
+        log = agent.state.log_path("web-1")
+        old = log.with_name(log.name + ".1")
+        old.write_text("from before the rotation\n")
+        async with s.get(base + "/v1/logs/web-1", headers=auth) as resp:
+            text = await resp.text()
+            assert text.startswith("from before the rotation\n")
+            assert "starting web-1" in text
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        async with s.get(base + "/v1/logs/web-1?since=60", headers=auth) as resp:
+            assert "from before" not in await resp.text()
+        async with s.get(base + "/v1/logs/web-1?since=x", headers=auth) as resp:
+            assert resp.status == 400
         async with s.get(base + "/v1/logs/nope", headers=auth) as resp:
             assert resp.status == 404
         # follow: the stream stays open and delivers what is written later

@@ -47,7 +47,9 @@ def test_usage_errors_are_one_line(
     assert last.startswith("myco: error:")
 
 
-async def _start_agent(state: Path, pub: Path, seed: str) -> asyncio.subprocess.Process:
+async def _start_agent(
+    state: Path, pub: Path, seed: str, *extra: str
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *MYCO,
         "agent",
@@ -63,6 +65,7 @@ async def _start_agent(state: Path, pub: Path, seed: str) -> asyncio.subprocess.
         "1000",
         "--capacity-memory-mb",
         "1024",
+        *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -130,3 +133,27 @@ async def test_kill_9_the_agent_and_it_readopts(
             if read_start_ticks(pid) is not None:
                 os.killpg(pid, signal.SIGKILL)
     assert agent.returncode == 0, await agent.stderr.read() if agent.stderr else b""
+
+
+@pytest.mark.slow
+async def test_wither_on_exit_stops_the_instances(
+    tmp_path: Path, reconciler_side: tuple[Fabric, str, str, Path]
+) -> None:
+    rec, digest, url, pub = reconciler_side
+    agent = await _start_agent(tmp_path / "state", pub, rec.addr, "--wither-on-exit")
+    pid = 0
+    try:
+        publish_intent(rec, "node-k", 1, one("web-1", "web", digest, (url,)))
+        first = await async_wait_for(lambda: ready_record(rec, "web-1"), within=60, what="ready")
+        assert first.pid
+        pid = first.pid
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 60) == 0
+        assert read_start_ticks(pid) is None
+        assert not list((tmp_path / "state" / "instances").iterdir())
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        if pid and read_start_ticks(pid) is not None:
+            os.killpg(pid, signal.SIGKILL)

@@ -182,6 +182,9 @@ def test_invalid_app_keeps_running_while_others_change(mesh: Mesh) -> None:
     assert mesh.statuses["a"].revision == "r1"
     assert "replicas" in mesh.statuses["a"].reason
     assert mesh.status("b") == ("Synced", "Healthy")
+    # Its manifest removed while invalid: now it is pruned.
+    mesh.converge(make_desired(make_app("b", 2, version="2"), revision="r3"))
+    assert mesh.placed("a") == {}
 
 
 def test_prune_and_empty_garden(mesh: Mesh) -> None:

@@ -100,6 +100,7 @@ def test_dna_key_is_stable_and_tracks_content(dna):
     (dna.source / "app.py").write_text("other\n")
     assert dna_key(dna) != k1
     assert dna_key(replace(dna, env=())) != dna_key(dna)
+    assert dna_key(dna, signer=b"a" * 32) != dna_key(dna, signer=b"b" * 32) != dna_key(dna)
 
 
 def test_build_verify_extract_stream_big_files(dna, keys, trust, tmp_path):

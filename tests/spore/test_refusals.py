@@ -6,12 +6,17 @@ Extract is tested with the hostile archive swapped in *after* a good spore was v
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from reconciler.errors import (
     IntegrityError,
@@ -305,3 +310,60 @@ def test_signed_region_longer_than_the_archive(built, keys, trust, tmp_path):
 
     with pytest.raises(SporeFormatError, match="inside the payload region"):
         verify_spore(_resigned(built, keys, tmp_path, edit), trust)
+
+
+class _Unseekable(io.RawIOBase):
+    def __init__(self, sink):
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return self.sink.write(b)
+
+
+def test_streamed_zip_with_data_descriptors_is_refused(built, trust, tmp_path):
+    out = tmp_path / "streamed.spore"
+    with open(out, "wb") as sink, zipfile.ZipFile(_Unseekable(sink), "w") as zf:
+        for info, data in craft.read_entries(built.path):
+            with zf.open(info.filename, "w") as dst:
+                dst.write(data)
+    with pytest.raises(SporeFormatError, match="data descriptor"):
+        verify_spore(out, trust)
+
+
+def test_declared_huge_entry_refused_without_inflating(built, trust, tmp_path, monkeypatch):
+    """The central directory claims 2 GiB for a small deflated file: refused from the header."""
+    raw = bytearray(built.path.read_bytes())
+    name = b"payload/app.py"
+    at = raw.index(b"PK\x01\x02")  # first central directory header
+    while raw[at + 46 : at + 46 + len(name)] != name:
+        at = raw.index(b"PK\x01\x02", at + 4)
+    struct.pack_into("<I", raw, at + 24, 2 << 30)  # uncompressed size
+    hostile = tmp_path / "huge.spore"
+    hostile.write_bytes(bytes(raw))
+    monkeypatch.setattr(archive, "_inflate", lambda *a: pytest.fail("inflated"))
+    with pytest.raises(SporeFormatError, match="over the size limit"):
+        verify_spore(hostile, trust)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_mutated_archives_only_raise_spore_errors(built, trust, tmp_path, data):
+    """Whatever bytes are changed, verification refuses with a SporeError or accepts bytes
+    whose payload is still exactly what was signed; never another exception."""
+    raw = bytearray(built.path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    cut = len(raw) if data.draw(st.booleans()) else data.draw(st.integers(0, len(raw)))
+    mutated = tmp_path / "mutated.spore"
+    mutated.write_bytes(bytes(raw[:cut]))
+    try:
+        v = verify_spore(mutated, trust)
+    except SporeError:
+        return
+    assert v.manifest == built.manifest

@@ -1,0 +1,67 @@
+"""``myco gossip-key`` (make a keyring file) and ``myco members`` (ask a running mesh)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from pathlib import Path
+
+from reconciler.errors import UsageError
+from reconciler.fabric.fabric import open_fabric
+from reconciler.fabric.keyring import Keyring
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    p = sub.add_parser("gossip-key", parents=[common], help="write a new gossip keyring file")
+    p.add_argument("--out", required=True, type=Path, help="key file to write (mode 0600)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help="add a new primary key in front of the keys already in --out (rotation)",
+    )
+    p.set_defaults(func=_gossip_key)
+
+    m = sub.add_parser("members", parents=[common], help="join a mesh briefly and list its members")
+    m.add_argument("--join", required=True, action="append", metavar="ADDR", help="host:port")
+    m.add_argument("--key-file", type=Path, default=None)
+    m.add_argument("--cluster", default="myco")
+    m.add_argument("--bind", default="127.0.0.1:0")
+    m.add_argument("--profile", choices=("lan", "local"), default="local")
+    m.set_defaults(func=_members)
+
+
+def _gossip_key(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if args.rotate:
+        ring = Keyring.load(out)
+        key = secrets.token_bytes(32)
+        ring.install(key)
+        ring.use(key)
+        ring.save(out, force=True)
+        print(f"{out}: new primary key, {len(ring.keys)} keys")
+        return 0
+    Keyring.generate().save(out, force=args.force)
+    print(f"{out}: new gossip key")
+    return 0
+
+
+def _members(args: argparse.Namespace) -> int:
+    keyring = Keyring.load(args.key_file) if args.key_file else None
+    name = f"myco-cli-{secrets.token_hex(4)}"
+
+    async def run() -> int:
+        async with open_fabric(
+            name, args.bind, args.join, keyring, args.cluster, args.profile
+        ) as fabric:
+            if not fabric.alive_members() or fabric.alive_members() == [name]:
+                raise UsageError(f"no member answered at {', '.join(args.join)}")
+            for m in sorted(fabric.members(), key=lambda m: m.name):
+                if m.name != name:
+                    print(f"{m.name}\t{m.addr}\t{m.state}\t{m.incarnation}")
+        return 0
+
+    return asyncio.run(run())

@@ -1,0 +1,140 @@
+"""``myco up`` / ``myco down`` / ``myco init``: a local mesh and mesh identities (DESIGN §2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ConfigError
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "up",
+        parents=[common],
+        help="run a whole local mesh: reconciler, agents and edge on loopback",
+        description="Run a local mesh (reconciler watching GARDEN, N agents, an edge) until "
+        "Ctrl-C, which stops every process it started.",
+    )
+    p.add_argument("garden", nargs="?", default="garden", metavar="GARDEN", help="(./garden)")
+    p.add_argument("--nodes", type=int, default=3, metavar="N", help="agents to run (3)")
+    p.add_argument("--edge", default="127.0.0.1:8080", metavar="HOST:PORT", help="(127.0.0.1:8080)")
+    p.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S", help=argparse.SUPPRESS)
+    p.set_defaults(func=_up)
+
+    d = sub.add_parser("down", parents=[common], help="stop a mesh started with `myco up -d`")
+    d.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
+    d.add_argument("--timeout", type=float, default=60.0, metavar="S", help="(60)")
+    d.set_defaults(func=_down)
+
+    i = sub.add_parser(
+        "init",
+        parents=[common],
+        help="make a mesh identity: signing key, trust policy, gossip key",
+    )
+    i.add_argument("dir", nargs="?", default=None, metavar="DIR", help="(<state>/identity)")
+    i.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
+    i.add_argument(
+        "--apps", nargs="+", default=["*"], metavar="PATTERN", help="app names the key may sign"
+    )
+    i.add_argument("--force", action="store_true", help="replace an existing identity")
+    i.set_defaults(func=_init)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from reconciler.mesh.layout import state_dir
+    from reconciler.mesh.up import UpOptions, install_stop_handlers, run_up
+
+    opts = UpOptions(
+        garden=Path(args.garden).resolve(),
+        state=state_dir(args.state),
+        nodes=args.nodes,
+        edge=args.edge,
+        verbose=args.verbose,
+    )
+    if args.detach:
+        return _detach(args, opts.state)
+
+    def say(msg: str) -> None:
+        print(f"myco: {msg}", flush=True)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        return await run_up(opts, say, stop)
+
+    return asyncio.run(main())
+
+
+def _detach(args: argparse.Namespace, state: Path) -> int:
+    from reconciler.mesh.layout import MeshRecord
+
+    argv = [sys.executable, "-m", "reconciler", "up", args.garden, "--nodes", str(args.nodes)]
+    argv += ["--edge", args.edge, "--state", str(state)] + ["-v"] * args.verbose
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(exist_ok=True)
+    log_path = state / "logs" / "up.log"
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+        )
+    deadline = time.monotonic() + args.wait_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"the mesh did not start (exit {proc.returncode}); see {log_path}")
+        record = MeshRecord.load(state)
+        if record is not None and record.pid == proc.pid:
+            print(f"mesh up in the background (pid {proc.pid}); edge on http://{record.edge}")
+            print("stop it with: myco down" + (f" --state {state}" if args.state else ""))
+            return 0
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    raise ConfigError(f"the mesh was not ready after {args.wait_timeout:.0f}s; see {log_path}")
+
+
+def _down(args: argparse.Namespace) -> int:
+    from reconciler.mesh.layout import MeshRecord, state_dir
+
+    state = state_dir(args.state)
+    record = MeshRecord.load(state)
+    if record is None:
+        print(f"no mesh is running from {state}")
+        return 0
+    try:
+        os.kill(record.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (state / "mesh.json").unlink(missing_ok=True)
+        print("the mesh was not running (stale record removed)")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(record.pid, 0)
+        except ProcessLookupError:
+            print("mesh stopped")
+            return 0
+        time.sleep(0.1)
+    raise ConfigError(f"the mesh (pid {record.pid}) did not stop within {args.timeout:.0f}s")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from reconciler.mesh.identity import create_identity
+    from reconciler.mesh.layout import state_dir
+
+    root = Path(args.dir) if args.dir else state_dir(args.state) / "identity"
+    ident = create_identity(root, apps=args.apps, force=args.force)
+    print(f"created a mesh identity in {ident.root}:")
+    print(f"  {ident.signing_key}  signs spores (keep it secret; mode 0600)")
+    print(f"  {ident.signing_pub}  its public key")
+    print(f"  {ident.trust}  trust policy for agents (apps: {', '.join(args.apps)})")
+    print(f"  {ident.gossip_key}  fabric keyring: copy to every agent, edge and reconciler")
+    return 0

@@ -1,0 +1,118 @@
+"""``myco status`` and ``myco logs``: read a running mesh through an agent's HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from reconciler.errors import UnavailableError, UsageError
+from reconciler.observe.client import (
+    auth_headers,
+    default_api,
+    fetch_snapshot,
+    normalize_api,
+    state_dir,
+)
+from reconciler.observe.logs import log_sources, parse_duration, stream_logs
+from reconciler.observe.render import render_json, render_text
+from reconciler.observe.status import MeshStatus, build_status
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "status", parents=[common], help="nodes, apps and instances of a running mesh"
+    )
+    p.add_argument("--api", help="an agent API URL (default: agent_api from .myco/mesh.json)")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-w", "--watch", action="store_true", help="redraw as the mesh changes")
+    p.add_argument("--interval", type=float, default=2.0, help="--watch poll period (seconds)")
+    p.set_defaults(func=status_cmd)
+
+    p = sub.add_parser("logs", parents=[common], help="the logs of an app's instances, merged")
+    p.add_argument("app", metavar="APP")
+    p.add_argument("--instance", metavar="ID", help="only this instance")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--since", metavar="DURATION", help="only lines newer than this (e.g. 10m)")
+    p.add_argument("--api", help="an agent API URL (default: agent_api from .myco/mesh.json)")
+    p.set_defaults(func=logs_cmd)
+
+
+def _session(args: argparse.Namespace) -> tuple[str, Callable[[], aiohttp.ClientSession]]:
+    home = state_dir()
+    api = normalize_api(args.api) if args.api else default_api(home)
+    headers = auth_headers(home)
+
+    def make() -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=None)
+        return aiohttp.ClientSession(headers=headers, timeout=timeout)
+
+    return api, make
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def status_cmd(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive")
+    api, make = _session(args)
+    render = render_json if args.output == "json" else render_text
+
+    async def run() -> int:
+        async with make() as session:
+            if not args.watch:
+                _write(render(build_status(await fetch_snapshot(session, api))))
+                return 0
+            last = ""
+            tty = sys.stdout.isatty()
+            while True:
+                try:
+                    text = render(build_status(await fetch_snapshot(session, api)))
+                except UnavailableError as exc:
+                    text = f"myco: {exc} (retrying)\n"
+                if text != last:
+                    if args.output == "json":  # one compact document per change
+                        text_out = render_json_line(text)
+                    else:
+                        text_out = (CLEAR if tty else "") + text + ("" if tty else "\n")
+                    _write(text_out)
+                    last = text
+                await asyncio.sleep(args.interval)
+
+    return asyncio.run(run())
+
+
+def render_json_line(doc: str) -> str:
+    try:
+        return json.dumps(json.loads(doc), sort_keys=True) + "\n"
+    except ValueError:
+        return doc  # an error line, not JSON
+
+
+def logs_cmd(args: argparse.Namespace) -> int:
+    since = parse_duration(args.since) if args.since else None
+    api, make = _session(args)
+
+    async def run() -> int:
+        async with make() as session:
+            status: MeshStatus = build_status(await fetch_snapshot(session, api))
+            sources = log_sources(status, args.app, args.instance)
+            failed = await stream_logs(
+                session, sources, lambda line: _write(line + "\n"), follow=args.follow,
+                since=since,
+            )  # fmt: skip
+        if failed == len(sources):
+            raise UnavailableError(f"could not read the logs of any instance of {args.app!r}")
+        return 1 if failed else 0
+
+    return asyncio.run(run())

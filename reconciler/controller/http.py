@@ -1,0 +1,140 @@
+"""The reconciler's HTTP server: the spore repo for agents, and a small control API.
+
+``GET /spores/{digest}`` (the repo), and for the CLI verbs::
+
+    GET  /v1/status                      lease, garden revision, statuses, overrides
+    GET  /v1/apps/{app}/history          the spores the app ran, newest last
+    POST /v1/apps/{app}/suspend|resume
+    POST /v1/apps/{app}/rollback         body {"to": "<revision, version or digest prefix>"}
+    POST /v1/nodes/{node}/drain|undrain
+
+A standby answers the POSTs with 409 and the name of the active reconciler. The server
+binds loopback unless told otherwise (the agents fetch spores from it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from reconciler.controller.builder import Overrides
+from reconciler.controller.history import pick_rollback
+from reconciler.controller.reconciler import Reconciler
+from reconciler.errors import MycoError
+from reconciler.repo import SporeRepo
+from reconciler.repo.http import spore_routes
+
+log = logging.getLogger("myco.reconciler.http")
+RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
+
+
+def status_json(rec: Reconciler) -> dict[str, Any]:
+    garden = rec.garden.garden if rec.garden else None
+    return {
+        "name": rec.fabric.name,
+        "active": rec.lease.active,
+        "epoch": rec.lease.epoch,
+        "holder": rec.lease.holder,
+        "source": rec.source.description,
+        "revision": garden.revision if garden else "",
+        "problems": [str(p) for p in rec.garden.problems] if rec.garden else [],
+        "converged": rec.converged.is_set(),
+        "passes": rec.passes,
+        "apps": {name: s.to_json() for name, s in sorted(rec.statuses.items())},
+        "overrides": rec.overrides.to_json(),
+    }
+
+
+def make_app(rec: Reconciler, repo: SporeRepo | None) -> web.Application:
+    app = web.Application()
+    app[RECONCILER_KEY] = rec
+    if repo is not None:
+        app.add_routes(spore_routes(repo))
+    app.router.add_get("/v1/status", _status)
+    app.router.add_get("/v1/apps/{app}/history", _history)
+    app.router.add_post("/v1/apps/{app}/{verb:suspend|resume|rollback}", _app_verb)
+    app.router.add_post("/v1/nodes/{node}/{verb:drain|undrain}", _node_verb)
+    return app
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(status_json(request.app[RECONCILER_KEY]))
+
+
+async def _history(request: web.Request) -> web.Response:
+    rec = request.app[RECONCILER_KEY]
+    name = request.match_info["app"]
+    return web.json_response({"app": name, "history": rec.history.get(name, [])})
+
+
+def _refuse_standby(rec: Reconciler) -> web.Response | None:
+    if rec.lease.active:
+        return None
+    return web.json_response(
+        {"error": f"not the active reconciler; the lease is held by {rec.lease.holder or '?'}"},
+        status=409,
+    )
+
+
+async def _app_verb(request: web.Request) -> web.Response:
+    rec = request.app[RECONCILER_KEY]
+    refused = _refuse_standby(rec)
+    if refused is not None:
+        return refused
+    name = request.match_info["app"]
+    verb = request.match_info["verb"]
+    known = set(rec.statuses) | (set(rec.desired.apps) if rec.desired else set())
+    if name not in known:
+        return web.json_response({"error": f"no app named {name!r}"}, status=404)
+    ov = rec.overrides
+    pins = dict(ov.pins)
+    message = ""
+    if verb == "suspend":
+        ov = replace(ov, suspended=ov.suspended | {name})
+        message = f"{name} suspended"
+    elif verb == "resume":
+        pins.pop(name, None)
+        ov = replace(ov, suspended=ov.suspended - {name}, pins=pins)
+        message = f"{name} resumed (following the garden)"
+    else:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body: not JSON"}, status=400)
+        target = str(body.get("to", "")) if isinstance(body, dict) else ""
+        try:
+            entry = pick_rollback(rec.history.get(name, []), target)
+        except MycoError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        pins[name] = str(entry["digest"])
+        ov = replace(ov, pins=pins)
+        message = (
+            f"{name} rolled back to {entry.get('version', '?')} "
+            f"({str(entry['digest'])[:12]}, revision {str(entry.get('revision', ''))[:12]}); "
+            f"`myco resume {name}` follows the garden again"
+        )
+    await rec.set_overrides(ov)
+    log.warning("%s", message)
+    return web.json_response({"ok": True, "message": message, "overrides": ov.to_json()})
+
+
+async def _node_verb(request: web.Request) -> web.Response:
+    rec = request.app[RECONCILER_KEY]
+    refused = _refuse_standby(rec)
+    if refused is not None:
+        return refused
+    node = request.match_info["node"]
+    verb = request.match_info["verb"]
+    ov: Overrides = rec.overrides
+    if verb == "drain":
+        ov = replace(ov, drain=ov.drain | {node})
+    else:
+        ov = replace(ov, drain=ov.drain - {node})
+    await rec.set_overrides(ov)
+    return web.json_response(
+        {"ok": True, "message": f"{node}: {verb}ed", "overrides": ov.to_json()}
+    )

@@ -1,0 +1,221 @@
+"""``myco up``: a whole local mesh — reconciler, N agents, an edge — as child processes.
+
+The mesh is an ordinary set of ``myco`` processes on loopback, wired exactly as they would
+be across hosts (gossip with an encrypted keyring, spores fetched over HTTP and verified
+against a trust policy). ``myco up`` only starts, watches and stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import ConfigError, UsageError
+from reconciler.mesh.identity import Identity, ensure_identity
+from reconciler.mesh.layout import MeshRecord
+from reconciler.mesh.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("myco.mesh")
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    garden: Path
+    state: Path
+    nodes: int = 3
+    edge: str = "127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    verbose: int = 0
+    status: bool = True  # print status changes while running
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            return s.connect_ex((host, port)) == 0
+
+    return check
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"expected HOST:PORT, got {addr!r}")
+    return (host or "127.0.0.1"), int(port)
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """The processes of one local mesh and their addresses (decided before any starts)."""
+
+    agents: list[ChildSpec]
+    reconciler: ChildSpec
+    edge: ChildSpec
+    record: MeshRecord
+
+
+def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
+    me = [sys.executable, "-m", "reconciler"]
+    verbosity = ["-v"] * max(opts.verbose, 1)
+    logs = opts.state / "logs"
+    host = opts.host
+    gossip = [f"{host}:{_free_port(host)}" for _ in range(opts.nodes + 2)]
+    seeds = gossip[: min(3, opts.nodes)]
+    agents: list[ChildSpec] = []
+    apis: list[str] = []
+    for i in range(opts.nodes):
+        node = f"node-{i + 1}"
+        api_port = _free_port(host)
+        apis.append(f"http://{host}:{api_port}")
+        agents.append(
+            ChildSpec(
+                name=node,
+                argv=[
+                    *me, "agent", *verbosity,
+                    "--node", node,
+                    "--state", str(opts.state / "agents" / node),
+                    "--api", f"{host}:{api_port}",
+                    "--gossip-bind", gossip[i],
+                    "--gossip-key", str(ident.gossip_key),
+                    "--trust", str(ident.trust),
+                    "--wither-on-exit",
+                    *(["--join", *[s for s in seeds if s != gossip[i]]] if i else []),
+                ],
+                log_path=logs / f"{node}.log",
+                ready=_port_open(host, api_port),
+            )
+        )
+    repo_port = _free_port(host)
+    reconciler = ChildSpec(
+        name="reconciler",
+        argv=[
+            *me, "reconcile", *verbosity,
+            "--watch", str(opts.garden),
+            "--state", str(opts.state / "reconciler"),
+            "--repo", str(opts.state / "repo"),
+            "--repo-listen", f"{host}:{repo_port}",
+            "--key", str(ident.signing_key),
+            "--gossip-bind", gossip[opts.nodes],
+            "--gossip-key", str(ident.gossip_key),
+            "--join", *seeds,
+        ],
+        log_path=logs / "reconciler.log",
+        ready=_port_open(host, repo_port),
+    )
+    edge_host, edge_port = split_addr(opts.edge)
+    edge = ChildSpec(
+        name="edge",
+        argv=[
+            *me, "edge", *verbosity,
+            "--listen", opts.edge,
+            "--gossip-bind", gossip[opts.nodes + 1],
+            "--gossip-key", str(ident.gossip_key),
+            "--join", *seeds,
+        ],
+        log_path=logs / "edge.log",
+        ready=_port_open(edge_host, edge_port),
+    )
+    record = MeshRecord(
+        pid=os.getpid(),
+        garden=str(opts.garden),
+        edge=opts.edge,
+        agent_api=apis[0],
+        agent_apis=apis,
+        seeds=seeds,
+        started_at=time.time(),
+    )
+    return MeshPlan(agents, reconciler, edge, record)
+
+
+def _check(opts: UpOptions) -> None:
+    if opts.nodes < 1:
+        raise UsageError("up: --nodes must be at least 1")
+    if not opts.garden.is_dir():
+        raise ConfigError(f"garden {opts.garden} is not a directory")
+    existing = MeshRecord.load(opts.state)
+    if existing is not None and _alive(existing.pid):
+        raise ConfigError(
+            f"a mesh is already running from {opts.state} (pid {existing.pid}); "
+            "stop it with `myco down`"
+        )
+    host, port = split_addr(opts.edge)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"the edge address {opts.edge} is not free: {exc.strerror}") from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Event) -> int:
+    """Start the mesh, keep it until ``stop`` is set or a child dies, then stop it all."""
+    _check(opts)
+    opts.state.mkdir(parents=True, exist_ok=True)
+    ident, created = ensure_identity(opts.state / "identity")
+    if created:
+        say(f"created a dev identity in {ident.root} (signing key, trust policy, gossip key)")
+    plan = plan_mesh(opts, ident)
+    code = 0
+    async with Supervisor() as sup:
+        children = {}
+        for spec in plan.agents:
+            children[spec.name] = (await sup.start(spec)).pid
+        children["reconciler"] = (await sup.start(plan.reconciler)).pid
+        children["edge"] = (await sup.start(plan.edge)).pid
+        record = MeshRecord(**{**plan.record.__dict__, "children": children})
+        record.save(opts.state)
+        say(
+            f"mesh up: {opts.nodes} agent(s), reconciler watching {opts.garden}, "
+            f"edge on http://{opts.edge}  (logs in {opts.state / 'logs'}; Ctrl-C stops)"
+        )
+        try:
+            while not stop.is_set():
+                dead = sup.exited()
+                if dead:
+                    c = dead[0]
+                    say(
+                        f"{c.spec.name} exited with code {c.proc.returncode}; stopping the mesh "
+                        f"(see {c.spec.log_path})"
+                    )
+                    code = 1
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            say("stopping the mesh...")
+            with contextlib.suppress(FileNotFoundError):
+                (opts.state / "mesh.json").unlink()
+    say("mesh stopped")
+    return code
+
+
+def install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

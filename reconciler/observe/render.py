@@ -1,0 +1,109 @@
+""":class:`MeshStatus` as plain-text tables (``myco status``) and as JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from .status import AppView, MeshStatus
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart, like ``kubectl get``; no trailing blanks."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in (headers, *rows):
+        line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def _mb(mb: int) -> str:
+    return f"{mb / 1024:.1f}Gi" if mb >= 1024 else f"{mb}Mi"
+
+
+def _rollout(a: AppView) -> str:
+    progress = f"{a.ready}/{a.desired}"
+    return progress if a.rollout in ("", "idle") else f"{a.rollout} {progress}"
+
+
+def _short(revision: str) -> str:
+    return revision[:12] if len(revision) == 40 else revision
+
+
+def render_text(st: MeshStatus) -> str:
+    head = f"GARDEN  revision {_short(st.revision) or '-'}"
+    if st.source:
+        head += f"  source {st.source}"
+    if st.reconciler:
+        head += f"  (reported by {st.reconciler})"
+    parts = [head]
+    parts += [f"  problem: {p}" for p in st.problems]
+    parts.append("")
+    parts.append("NODES")
+    parts.append(
+        table(
+            ("NAME", "STATE", "ROLES", "CPU FREE/CAP", "MEM FREE/CAP", "INSTANCES", "API"),
+            [
+                (
+                    n.name,
+                    n.state + (",draining" if n.draining else ""),
+                    ",".join(n.roles) or "-",
+                    f"{n.free_cpu_milli}m/{n.cpu_milli}m" if n.cpu_milli else "-",
+                    f"{_mb(n.free_memory_mb)}/{_mb(n.memory_mb)}" if n.memory_mb else "-",
+                    str(n.instances),
+                    n.api_url or "-",
+                )
+                for n in st.nodes
+            ],
+        )
+    )
+    parts.append("")
+    parts.append("APPS")
+    parts.append(
+        table(
+            ("NAME", "SYNC", "HEALTH", "READY", "ROLLOUT", "REVISION", "PREFIX", "RPS", "REASON"),
+            [
+                (
+                    a.name,
+                    a.sync,
+                    a.health,
+                    f"{a.ready}/{a.desired}",
+                    _rollout(a),
+                    _short(a.revision) or "-",
+                    a.prefix or "-",
+                    f"{a.rps:g}",
+                    a.reason,
+                )
+                for a in st.apps
+            ],
+        )
+    )
+    parts.append("")
+    parts.append("INSTANCES")
+    parts.append(
+        table(
+            ("ID", "APP", "VERSION", "NODE", "PHASE", "RESTARTS", "ENDPOINT", "MESSAGE"),
+            [
+                (
+                    i.instance_id,
+                    i.app,
+                    i.version or "-",
+                    i.node,
+                    i.phase,
+                    str(i.restarts),
+                    i.endpoint or "-",
+                    i.message,
+                )
+                for i in st.instances
+            ],
+        )
+    )
+    return "\n".join(parts) + "\n"
+
+
+def render_json(st: MeshStatus) -> str:
+    return json.dumps(st.to_json(), indent=2, sort_keys=True) + "\n"
