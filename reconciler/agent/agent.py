@@ -164,6 +164,7 @@ class Agent:
                         await self._wither_all()
                     raise
             finally:
+                await self.cache.aclose()
                 await api.cleanup()
                 self.enforcer.cleanup()  # only removes the agent's cgroup dir if empty
 
@@ -179,6 +180,8 @@ class Agent:
                 self.converge_once()
             except MycoError as exc:
                 log.warning("convergence pass failed: %s", exc)
+            except Exception:  # a bug in one pass must not stop the node's agent
+                log.exception("convergence pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), self.config.resync_s)
             self._dirty.clear()

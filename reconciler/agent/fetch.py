@@ -81,6 +81,15 @@ class SporeCache:
         self._ready: dict[str, Prepared] = {}
         self._inflight: dict[str, asyncio.Future[Prepared]] = {}
 
+    async def aclose(self) -> None:
+        """Cancel and await fetches still in flight (the agent is stopping)."""
+        pending = list(self._inflight.values())
+        for fut in pending:
+            fut.cancel()
+        for fut in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await fut
+
     def held(self) -> list[str]:
         return sorted(p.stem for p in self.spores.glob("*.spore"))
 

@@ -87,20 +87,34 @@ def _writable_dir(p: Path) -> bool:
 class Enforcer:
     """Creates, fills and removes instance cgroups under ``<own cgroup>/myco-<agent>``."""
 
-    def __init__(self, agent_name: str, prefer: str = "auto") -> None:
+    def __init__(
+        self,
+        agent_name: str,
+        prefer: str = "auto",
+        *,
+        mounts: list[tuple[str, str, str, str]] | None = None,
+        own: dict[str, str] | None = None,
+    ) -> None:
+        """``mounts`` and ``own`` replace /proc/self/{mountinfo,cgroup} (for tests)."""
+        self._mounts = mounts
+        self._own = own
         self.agent_dir = f"myco-{agent_name}"
+        self.agent_leaf = f"myco-agent-{agent_name}"  # cgroup v2: where the agent itself moves
         self.mechanism, self._bases, self.reason = self._detect(prefer)
+        self._cpu: dict[str, int] = {}  # instance -> cpu_milli, for the group's weight
         log.info("nutrient enforcement: %s (%s)", self.mechanism, self.reason)
 
     # --- detection -------------------------------------------------------------------
     def _detect(self, prefer: str) -> tuple[str, dict[str, Path], str]:
-        own = _own_cgroups()
-        mounts = _mountinfo()
+        own = self._own if self._own is not None else _own_cgroups()
+        mounts = self._mounts if self._mounts is not None else _mountinfo()
         if prefer in ("auto", "cgroup2"):
             for root, point, fstype, _ in mounts:
                 if fstype != "cgroup2" or "" not in own:
                     continue
                 base = _join(point, root, own[""])
+                if base.name == self.agent_leaf:
+                    base = base.parent  # a restarted agent already sits in its leaf
                 try:
                     ctrls = set((base / "cgroup.controllers").read_text().split())
                 except OSError:
@@ -139,6 +153,8 @@ class Enforcer:
                 if nutrients.cpu_milli:
                     quota = nutrients.cpu_milli * CPU_PERIOD_US // 1000
                     (inst / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+                    (inst / "cpu.weight").write_text(str(_weight_v2(nutrients.cpu_milli)))
+                self.track(instance_id, nutrients.cpu_milli)
                 return Limits("cgroup2", (str(inst),), mem)
             except OSError as exc:
                 log.warning("cgroup2 set-up failed for %s: %s; using rlimit", instance_id, exc)
@@ -160,6 +176,8 @@ class Enforcer:
                         (inst / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
                         quota = max(1000, nutrients.cpu_milli * CPU_PERIOD_US // 1000)
                         (inst / "cpu.cfs_quota_us").write_text(str(quota))
+                        (inst / "cpu.shares").write_text(str(_shares_v1(nutrients.cpu_milli)))
+                self.track(instance_id, nutrients.cpu_milli)
                 return Limits("cgroup1", tuple(dirs), mem)
             except OSError as exc:
                 log.warning("cgroup1 set-up failed for %s: %s; using rlimit", instance_id, exc)
@@ -167,23 +185,70 @@ class Enforcer:
         return Limits("rlimit", (), mem, self.reason)
 
     def _mkdir_v2(self, d: Path) -> None:
+        """Enable memory+cpu for the children of our cgroup and of ``d``.
+
+        cgroup v2 refuses controllers below a cgroup that holds processes ("no internal
+        processes"), so if our own cgroup holds the agent, the agent first moves itself
+        into a leaf *inside* its own subtree (``myco-agent-<node>``), as systemd services
+        with ``Delegate=yes`` are expected to do.
+        """
+        base = d.parent
+        try:
+            (base / "cgroup.subtree_control").write_text("+memory +cpu")
+        except OSError:
+            leaf = base / self.agent_leaf
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            (base / "cgroup.subtree_control").write_text("+memory +cpu")
         d.mkdir(exist_ok=True)
-        # Enable the controllers for the children of our own cgroup and of the agent dir.
-        for parent in (d.parent, d):
-            with contextlib.suppress(OSError):
-                (parent / "cgroup.subtree_control").write_text("+memory +cpu")
+        (d / "cgroup.subtree_control").write_text("+memory +cpu")
+
+    def track(self, instance_id: str, cpu_milli: int) -> None:
+        """Count an instance (new or adopted) in the CPU weight of the agent's group.
+
+        All instances share one group (``myco-<node>``) that competes with the host's other
+        tasks; its weight is the sum of their CPU budgets, so that 200 instances weigh
+        like 200 budgets rather than like one process.
+        """
+        if self.mechanism not in ("cgroup1", "cgroup2"):
+            return
+        self._cpu[instance_id] = cpu_milli
+        self._write_group_weight()
+
+    def _write_group_weight(self) -> None:
+        total = sum(self._cpu.values())
+        with contextlib.suppress(OSError, KeyError):
+            if self.mechanism == "cgroup1":
+                path = self._bases["cpu"] / self.agent_dir / "cpu.shares"
+                path.write_text(str(_shares_v1(total)))
+            elif self.mechanism == "cgroup2":
+                path = self._bases[""] / self.agent_dir / "cpu.weight"
+                path.write_text(str(_weight_v2(total)))
 
     def remove(self, limits: Limits) -> None:
         """Remove an instance's (empty) cgroups; a cgroup still in use is left alone."""
         for d in limits.cgroup_dirs:
             with contextlib.suppress(OSError):
                 os.rmdir(d)
+            if self._cpu.pop(Path(d).name, None) is not None:
+                self._write_group_weight()
 
     def cleanup(self) -> None:
         """Remove the agent's own directory if no instance cgroup is left in it."""
         for base in self._bases.values():
             with contextlib.suppress(OSError):
                 os.rmdir(base / self.agent_dir)
+        # (a v2 agent leaf holds the agent itself while it runs: it stays)
+
+
+def _shares_v1(cpu_milli: int) -> int:
+    """cgroup v1 ``cpu.shares`` for a CPU budget (1024 = one core), within 2..262144."""
+    return max(2, min(262144, cpu_milli * 1024 // 1000))
+
+
+def _weight_v2(cpu_milli: int) -> int:
+    """cgroup v2 ``cpu.weight`` for a CPU budget (100 = one core), within 1..10000."""
+    return max(1, min(10000, cpu_milli // 10))
 
 
 def cgroup_pids(limits: Limits) -> set[int]:

@@ -68,6 +68,7 @@ class SupervisorSettings:
     drain_timeout_s: float = 10.0  # bound on waiting for the edge
     kill_wait_s: float = 5.0  # bound on waiting for SIGKILLed processes to vanish
     tail_lines: int = 10
+    stats_every_s: float = 10.0  # how often RSS/CPU are re-published while ready
 
 
 Report = Callable[[InstanceRecord], None]
@@ -103,6 +104,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._wait: asyncio.Task[int | None] | None = None
         self._oom_seen = oom_kills(persisted.limits)
+        self._ps: psutil.Process | None = None
+        self._stats_at = 0.0
+        enforcer.track(persisted.config.instance_id, persisted.config.nutrients.cpu_milli)
         c = persisted.config
         self.log_path = state.log_path(c.instance_id)
         self.record = InstanceRecord(
@@ -155,21 +159,46 @@ class Supervisor:
 
     # --- reporting ----------------------------------------------------------------------
     def _set(self, phase: Phase, **fields: object) -> None:
-        rss = 0.0
         pid = self.p.proc.pid if self.p.proc else None
-        if pid is not None and phase in ("starting", "ready"):
-            with contextlib.suppress(psutil.Error):
-                rss = psutil.Process(pid).memory_info().rss / (1024 * 1024)
+        rss, cpu = self._usage() if phase in ("starting", "ready") else (0.0, 0.0)
         self.record = replace(
             self.record,
             phase=phase,
             pid=pid if phase in ("starting", "ready", "draining") else None,
             restarts=self.tracker.restarts,
-            rss_mb=round(rss, 1),
+            rss_mb=rss,
+            cpu_percent=cpu,
             updated_at=self.clock.time(),
             **fields,  # type: ignore[arg-type]
         )
+        self._stats_at = self.clock.monotonic()
         self._report(self.record)
+
+    def _usage(self) -> tuple[float, float]:
+        """RSS (MiB) and CPU % of the instance's main process since the last call."""
+        pid = self.p.proc.pid if self.p.proc else None
+        if pid is None:
+            return 0.0, 0.0
+        try:
+            if self._ps is None or self._ps.pid != pid:
+                self._ps = psutil.Process(pid)
+                self._ps.cpu_percent(None)  # the first call only sets the baseline
+            rss = self._ps.memory_info().rss / (1024 * 1024)
+            return round(rss, 1), round(self._ps.cpu_percent(None), 1)
+        except psutil.Error:
+            return 0.0, 0.0
+
+    def _refresh_usage(self) -> None:
+        """Re-publish resource usage now and then (not on every health check)."""
+        if self.clock.monotonic() - self._stats_at < self.settings.stats_every_s:
+            return
+        rss, cpu = self._usage()
+        self._stats_at = self.clock.monotonic()
+        if abs(rss - self.record.rss_mb) >= 1.0 or abs(cpu - self.record.cpu_percent) >= 5.0:
+            self.record = replace(
+                self.record, rss_mb=rss, cpu_percent=cpu, updated_at=self.clock.time()
+            )
+            self._report(self.record)
 
     # --- running ------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -283,6 +312,8 @@ class Supervisor:
                 if not ready:
                     ready = True
                     self._set("ready", healthy=True, message="")
+                else:
+                    self._refresh_usage()
                 continue
             if not ready:
                 if self.clock.monotonic() - start > h.grace_s:

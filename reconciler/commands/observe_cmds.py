@@ -41,6 +41,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--instance", metavar="ID", help="only this instance")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--since", metavar="DURATION", help="only lines newer than this (e.g. 10m)")
+    p.add_argument("--tail", metavar="N", type=int, help="start with the last N lines of each")
     p.add_argument("--api", help="an agent API URL (default: agent_api from .myco/mesh.json)")
     p.set_defaults(func=logs_cmd)
 
@@ -101,6 +102,8 @@ def render_json_line(doc: str) -> str:
 
 def logs_cmd(args: argparse.Namespace) -> int:
     since = parse_duration(args.since) if args.since else None
+    if args.tail is not None and args.tail < 0:
+        raise UsageError("--tail must be 0 or more")
     api, make = _session(args)
 
     async def run() -> int:
@@ -109,7 +112,7 @@ def logs_cmd(args: argparse.Namespace) -> int:
             sources = log_sources(status, args.app, args.instance)
             failed = await stream_logs(
                 session, sources, lambda line: _write(line + "\n"), follow=args.follow,
-                since=since,
+                since=since, tail=args.tail,
             )  # fmt: skip
         if failed == len(sources):
             raise UnavailableError(f"could not read the logs of any instance of {args.app!r}")

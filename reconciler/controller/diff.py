@@ -44,7 +44,7 @@ def diff_lines(desired: Desired, actual: Actual, now: float) -> list[str]:
         for app in set(before_apps) | set(after_apps)
         if before_apps.get(app) != after_apps.get(app)
     }
-    changed |= {a for a, r in actions.routes.items() if r is None or a in desired.apps}
+    changed |= set(actions.routes)
     changed |= {a for a in desired.apps if a not in before_apps and a not in actual.routes}
     lines: list[str] = []
     for name, error in sorted(desired.invalid.items()):

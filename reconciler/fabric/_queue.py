@@ -19,8 +19,11 @@ class _Item:
 
 
 class BroadcastQueue:
-    def __init__(self, on_queue: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_queue: Callable[[], None] | None = None, max_size: int | None = None
+    ) -> None:
         self._on_queue = on_queue
+        self._max_size = max_size
         # A newer message for a key (a member, an owner's key) replaces the older one.
         self._items: dict[Hashable, _Item] = {}
         self._seq = itertools.count()
@@ -29,7 +32,11 @@ class BroadcastQueue:
         return len(self._items)
 
     def queue(self, key: Hashable, msg: Message) -> None:
-        self._items[key] = _Item(-next(self._seq), msg)
+        item = _Item(-next(self._seq), msg)
+        if self._max_size is not None and item.size > self._max_size:
+            self._items.pop(key, None)  # an older, smaller version must not go out either
+            return
+        self._items[key] = item
         if self._on_queue is not None:
             self._on_queue()
 

@@ -149,7 +149,8 @@ class Engine:
         self.awareness = 0
         self.seeds = list(dict.fromkeys(seeds))
         self.store = StateStore()
-        self.bq = BroadcastQueue(self._wake_gossip)
+        # Too big for a packet: such an update travels by anti-entropy over TCP instead.
+        self.bq = BroadcastQueue(self._wake_gossip, max_size=self.cfg.packet_budget - 64)
         self._addr_owner: dict[str, str] = {self.addr: name}
         self.members: dict[str, MemberInfo] = {
             name: MemberInfo(name, self.addr, incarnation, ALIVE, sched.now())
@@ -600,13 +601,10 @@ class Engine:
                 delta += 1
             self._awareness(delta)
             m = self.members.get(target.name)
-            if m is not None and m.state == ALIVE:
+            if m is not None and m.state in (ALIVE, SUSPECT):
+                # Suspect it, or confirm an existing suspicion (gossiped: others count it).
                 log.debug("fabric %s: probe of %s failed, suspecting", self.name, m.name)
                 self._on_suspect(Suspect(m.name, m.inc, self.name))
-            elif m is not None and m.state == SUSPECT:
-                sus = self._suspicions.get(m.name)
-                if sus is not None:
-                    sus.confirm(self.name)
 
         self.sched.call_later(self._scale(self.cfg.probe_timeout), no_direct_ack)
         self.sched.call_later(interval * 0.95, finish)
@@ -684,10 +682,21 @@ class Engine:
                 out.append(mine)
                 budget -= codec.wire_size(mine)
         deltas = self._deltas_for(d.versions, budget)
-        if deltas.entries or deltas.watermarks:
+        if self._cut(deltas, d.versions):
+            # More than a packet holds: the whole difference goes by TCP instead.
+            self._send_stream(d.src_addr, [self._deltas_for(d.versions, None)])
+        elif deltas.entries or deltas.watermarks:
             out.append(deltas)
         if out:
             self._send_packet(d.src_addr, out, piggyback=False)
+
+    def _cut(self, deltas: Deltas, peer: dict[str, int]) -> bool:
+        """Whether ``deltas`` leave out something the peer lacks (the budget cut them)."""
+        for owner in self._visible_owners():
+            mine = self.store.watermark(owner)
+            if mine > peer.get(owner, 0) and deltas.watermarks.get(owner, 0) < mine:
+                return True
+        return False
 
     def _deltas_for(self, digest: dict[str, int], budget: int | None) -> Deltas:
         return self.store.deltas(digest, self._visible_owners(), budget, self.rng)

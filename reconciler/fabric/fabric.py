@@ -232,7 +232,7 @@ async def open_fabric(
         if seeds:
             answered = await fabric.join(seeds)
             if not answered:
-                log.warning("fabric %s: no seed answered yet; retrying in the background", name)
+                log.info("fabric %s: no seed answered yet; retrying in the background", name)
         yield fabric
     finally:
         if leave_on_exit and not fabric._closed:

@@ -6,9 +6,11 @@
 - :mod:`.metrics` — Prometheus ``/metrics`` per component.
 - :mod:`.feed`, :mod:`.ui` — the live dashboard at ``/ui/`` (server-sent events).
 - :mod:`.notify` — webhook notifications.
+
+:mod:`.metrics` (which needs ``prometheus_client``) is not imported here, so that the CLI
+verbs work without it: ``from reconciler.observe.metrics import Metrics``.
 """
 
-from .metrics import EdgeMetrics, Metrics, ReconcileMetrics
 from .notify import Event, WebhookConfig, WebhookNotifier, notify_from_fabric, status_events
 from .snapshot import Entry, FabricSnapshot, snapshot_from_json, snapshot_of
 from .status import AppView, InstanceView, MeshStatus, NodeView, build_status
@@ -16,15 +18,12 @@ from .ui import UiConfig, setup_ui, ui_app
 
 __all__ = [
     "AppView",
-    "EdgeMetrics",
     "Entry",
     "Event",
     "FabricSnapshot",
     "InstanceView",
     "MeshStatus",
-    "Metrics",
     "NodeView",
-    "ReconcileMetrics",
     "UiConfig",
     "WebhookConfig",
     "WebhookNotifier",

@@ -3,8 +3,9 @@
 The first status is yielded at once; after that, a change starts a window of
 ``debounce_s`` in which further changes are absorbed, then one new status is built and
 yielded if it differs from the last one. With no change for ``refresh_s`` the status is
-rebuilt anyway (member states such as ``suspect`` are not key changes). The feed ends
-when the fabric stops or :meth:`aclose` is called.
+rebuilt anyway (member states such as ``suspect`` are not key changes) and, with
+``heartbeat=True``, yielded even if unchanged (so a server notices a gone client). The
+feed ends when the fabric stops or :meth:`aclose` is called.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from .status import MeshStatus, build_status
 
 class StatusFeed:
     def __init__(
-        self, fabric: FabricAPI, *, debounce_s: float = 0.2, refresh_s: float = 5.0
+        self,
+        fabric: FabricAPI,
+        *,
+        debounce_s: float = 0.2,
+        refresh_s: float = 5.0,
+        heartbeat: bool = False,
     ) -> None:
         self._fabric = fabric
         self._debounce = debounce_s
         self._refresh = refresh_s
+        self._heartbeat = heartbeat
         self._sub: AsyncIterator[Change] = fabric.subscribe("")
         self._last: dict[str, Any] | None = None
         self._closed = False
@@ -42,12 +49,20 @@ class StatusFeed:
             self._last = st.to_json()
             return st
         while True:
-            if not await self._next_change(self._refresh, timeout_ok=True):
+            got = await self._next_change(self._refresh)
+            if got is None:
                 raise StopAsyncIteration
+            if not got:  # quiet for refresh_s
+                st = self.status()
+                doc = st.to_json()
+                if doc != self._last or self._heartbeat:
+                    self._last = doc
+                    return st
+                continue
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._debounce
             while (left := deadline - loop.time()) > 0:
-                if not await self._next_change(left, timeout_ok=False):
+                if not await self._next_change(left):
                     break
             if self._closed:
                 raise StopAsyncIteration
@@ -57,18 +72,18 @@ class StatusFeed:
                 self._last = doc
                 return st
 
-    async def _next_change(self, within: float, *, timeout_ok: bool) -> bool:
-        """Wait for one change: True if one came (or ``timeout_ok`` and time ran out)."""
+    async def _next_change(self, within: float) -> bool | None:
+        """Wait for one change: True if one came, False if none within, None if ended."""
         if self._closed:
-            return False
+            return None
         try:
             async with asyncio.timeout(within):
                 await anext(self._sub)
         except TimeoutError:
-            return timeout_ok
+            return False
         except StopAsyncIteration:
             self._closed = True
-            return False
+            return None
         return True
 
     async def aclose(self) -> None:

@@ -1,8 +1,9 @@
 """``myco logs``: find an app's instances in the view and merge their logs, one prefix each.
 
-Each node serves ``GET {api_url}/v1/logs/{instance}?follow=1&since=S`` as text/plain
-lines (streamed while ``follow=1``). Without ``-f`` the instances are fetched at once and
-printed one block after the other; with ``-f`` lines are printed as they arrive.
+Each node serves ``GET {api_url}/v1/logs/{instance}?follow=1&since=S&tail=N`` as
+text/plain lines (streamed while ``follow=1``; ``since`` in seconds, ``tail`` a line
+count). Without ``-f`` the instances are fetched at once and printed one block after the
+other; with ``-f`` lines are printed as they arrive.
 """
 
 from __future__ import annotations
@@ -84,11 +85,14 @@ async def stream_logs(
     *,
     follow: bool = False,
     since: float | None = None,
+    tail: int | None = None,
 ) -> int:
     """Print every source's lines as ``[instance] line``; returns how many sources failed."""
     params = {"follow": "1" if follow else "0"}
     if since is not None:
         params["since"] = f"{since:g}"
+    if tail is not None:
+        params["tail"] = str(tail)
     failed = 0
 
     async def one(src: LogSource, sink: Callable[[str], None]) -> None:

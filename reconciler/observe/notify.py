@@ -30,7 +30,8 @@ from tenacity import (
     RetryError,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from reconciler.errors import ConfigError, UnavailableError
@@ -155,6 +156,11 @@ class WebhookNotifier:
                 event = await self._queue.get()
                 try:
                     await self._deliver(session, event)
+                except Exception:  # a bug must not stop later notifications
+                    self.failed += 1
+                    log.exception(
+                        "webhook %s: %s event of %s", self.config.url, event.kind, event.app
+                    )
                 finally:
                     self._queue.task_done()
 
@@ -166,9 +172,8 @@ class WebhookNotifier:
         cfg = self.config
         retrying = AsyncRetrying(
             stop=stop_after_attempt(cfg.attempts),
-            wait=wait_exponential_jitter(
-                initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
-            ),
+            wait=wait_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s)
+            + wait_random(0, cfg.backoff_initial_s),
             retry=retry_if_exception_type(_Retryable),
         )
         try:
@@ -205,15 +210,24 @@ class WebhookNotifier:
 
 
 async def notify_from_fabric(
-    fabric: FabricAPI, notifier: WebhookNotifier, *, debounce_s: float = 0.2
+    fabric: FabricAPI,
+    notifier: WebhookNotifier,
+    *,
+    debounce_s: float = 0.2,
+    started: asyncio.Event | None = None,
 ) -> None:
-    """Turn status changes seen in ``fabric`` into events until the fabric stops."""
+    """Turn status changes seen in ``fabric`` into events until the fabric stops.
+
+    ``started`` is set once the first status (the baseline: no events) has been taken.
+    """
     feed = StatusFeed(fabric, debounce_s=debounce_s)
     last: MeshStatus | None = None
     try:
         async for st in feed:
             for ev in status_events(last, st):
                 notifier.notify(ev)
+            if last is None and started is not None:
+                started.set()
             last = st
     finally:
         await feed.aclose()

@@ -26,8 +26,7 @@ def _mb(mb: int) -> str:
 
 
 def _rollout(a: AppView) -> str:
-    progress = f"{a.ready}/{a.desired}"
-    return progress if a.rollout in ("", "idle") else f"{a.rollout} {progress}"
+    return "-" if a.rollout in ("", "idle") else f"{a.rollout} {a.ready}/{a.desired}"
 
 
 def _short(revision: str) -> str:

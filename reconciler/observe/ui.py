@@ -2,8 +2,10 @@
 
 ``GET /ui/events`` sends ``event: status`` with the :class:`MeshStatus` JSON at once and
 then whenever the fabric view changes (debounced by :class:`StatusFeed`; rebuilt every
-``refresh_s`` to catch member state changes). ``GET /ui/status`` gives the
-current status once. Streams end when the fabric stops or the application shuts down.
+``refresh_s`` to catch member state changes, with a ``: keepalive`` comment line when
+nothing changed, which is also how a closed client connection is noticed).
+``GET /ui/status`` gives the current status once. Streams end when the fabric stops or
+the application shuts down.
 """
 
 from __future__ import annotations
@@ -68,13 +70,20 @@ def setup_ui(app: web.Application, fabric: FabricAPI, config: UiConfig | None = 
             }
         )
         await resp.prepare(request)
-        feed = StatusFeed(fabric, debounce_s=cfg.debounce_s, refresh_s=cfg.refresh_s)
+        feed = StatusFeed(
+            fabric, debounce_s=cfg.debounce_s, refresh_s=cfg.refresh_s, heartbeat=True
+        )
         feeds.add(feed)
+        last = ""
         try:
             async for st in feed:
                 data = json.dumps(st.to_json(), separators=(",", ":"), sort_keys=True)
+                if data == last:  # a heartbeat: finds out whether the client is still there
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                last = data
                 await resp.write(f"event: status\ndata: {data}\n\n".encode())
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             log.debug("ui: event stream closed by the client")
         finally:
             feeds.discard(feed)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.controller.builder import SporeBuilder
+from reconciler.controller.http import make_app
 from reconciler.controller.lease import LeaseConfig
 from reconciler.controller.reconciler import Reconciler, ReconcilerSettings
 from reconciler.controller.source import DirSource
@@ -121,6 +122,13 @@ class LoopbackMesh:
                 plan=PlanConfig(drain_s=0.3),
             ),
         )
+        runner = web.AppRunner(make_app(rec, self.repo), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.stack.push_async_callback(runner.cleanup)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        rec.control_url = f"http://127.0.0.1:{port}"
         task = asyncio.create_task(rec.run(), name=f"reconciler-{name}")
         self.reconcilers[name] = (rec, task, fab)
         return rec

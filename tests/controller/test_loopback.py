@@ -25,7 +25,9 @@ async def test_apply_scale_bump_isolate_prune(loopback: LoopbackMesh) -> None:
     await async_wait_for(lambda: len(mesh.ready("api")) == 1, within=30, what="api ready")
     rec = mesh.active()
     assert rec is not None
-    nodes = {r.node for a, _, _ in mesh.agents.values() for r in a.records.values() if r.app == "web"}
+    nodes = {
+        r.node for a, _, _ in mesh.agents.values() for r in a.records.values() if r.app == "web"
+    }
     assert len(nodes) == 2, "spread across nodes"
 
     # Scale up, then a version bump: the time from the edit to the first new one ready.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from reconciler.fabric import (
     open_memory_fabric,
 )
 from tests.helpers import async_wait_for
+
+from .procs import ROOT, MemberProc
 
 
 async def next_change(it: object, within: float = 5.0) -> Change:
@@ -116,3 +120,22 @@ def test_gossip_key_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     keys = Keyring.load(out).keys
     assert len(keys) == 2
     assert keys[1] == first
+
+
+def test_members_verb_lists_a_running_mesh(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    Keyring.generate().save(key)
+    member = MemberProc("solo", tmp_path, key_file=key)
+    try:
+        run = [sys.executable, "-m", "reconciler", "members", "--join", member.addr]
+        ok = subprocess.run(
+            [*run, "--key-file", str(key)], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.split("\t")[:3] == ["solo", member.addr, "alive"]
+        refused = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert refused.returncode == 2
+        assert "myco: error: no member answered" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        member.stop()

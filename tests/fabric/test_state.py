@@ -155,3 +155,20 @@ def test_without_state_dir_an_earlier_life_is_outvoted_and_its_keys_withdrawn() 
         lambda: first.get("b", "node") == {"gen": 2} and first.get("b", "old-key") is None,
         within=10,
     )
+
+
+def test_a_value_too_big_for_a_packet_spreads_over_tcp() -> None:
+    sim = SimCluster(LOCAL)
+    first = sim.add("a")
+    others = [sim.add(n) for n in ("b", "c")]
+    for o in others:
+        o.join([first.addr])
+    assert sim.run_until(sim.full_mesh, within=5)
+    big = {"blob": "x" * 5000}
+    first.publish("garden", big)
+    assert first.bq.transmits(("s", "a", "garden")) is None  # not gossiped in packets
+    # Well before the next push-pull: the UDP digest exchange hands over to TCP.
+    assert sim.run_until(
+        lambda: all(o.get("a", "garden") == big for o in others),
+        within=LOCAL.udp_sync_interval * 10,
+    )

@@ -128,6 +128,8 @@ async def publish_sample(writer: Fabric, api_url: str = "") -> None:
     writer.publish(instance_key("billing-b"), inst("billing-b", "billing", writer.name))
     writer.publish("garden", garden({"billing": BILLING, "shop": SHOP}))
     writer.publish(routes_key("billing"), route("billing", 2))
+    stats = {"requests": 250, "errors_5xx": 1, "rps": 12.5, "p50_ms": 1.2, "p99_ms": 8.4}
+    writer.publish("edge/stats", EdgeStatsRecord(apps={"billing": stats}).to_json())
 
 
 @pytest.fixture
@@ -136,7 +138,5 @@ async def mesh() -> AsyncIterator[Mesh]:
     async with open_memory_fabric("observer", net) as obs:
         async with open_memory_fabric("n1", net, seeds=[obs.addr]) as writer:
             await publish_sample(writer)
-            await async_wait_for(
-                lambda: obs.get("n1", routes_key("billing")) is not None, what="records"
-            )
+            await async_wait_for(lambda: len(obs.view()) == len(writer.view()), what="records")
             yield Mesh(obs, writer)

@@ -152,8 +152,11 @@ async def test_logs_merges_instances_with_a_prefix(api: Api) -> None:
 
 
 async def test_logs_of_one_instance_and_unknown_names(api: Api) -> None:
-    code, out, _ = await run("logs", "billing", "--instance", "billing-b", "--api", api.url)
+    code, out, _ = await run(
+        "logs", "billing", "--instance", "billing-b", "--tail", "5", "--api", api.url
+    )
     assert (code, out) == (0, "[billing-b] b one\n")
+    assert api.queries[-1] == {"follow": "0", "tail": "5"}
     code, _, err = await run("logs", "billing", "--instance", "nope", "--api", api.url)
     assert code == 2
     assert "has no instance 'nope'" in err

@@ -163,14 +163,14 @@ def test_config_is_checked() -> None:
 async def test_status_changes_in_the_fabric_become_webhooks(mesh: Mesh, receiver: Receiver) -> None:
     n = WebhookNotifier(fast(receiver.url))
     async with asyncio.TaskGroup() as tg:
+        started = asyncio.Event()
         tasks = [
             tg.create_task(n.run()),
-            tg.create_task(notify_from_fabric(mesh.observer, n, debounce_s=0.05)),
+            tg.create_task(notify_from_fabric(mesh.observer, n, debounce_s=0.05, started=started)),
         ]
-        # Let the feed take its first (baseline) status before anything changes.
-        await asyncio.sleep(0)  # one turn: the task subscribes; no timing is asserted
+        async with asyncio.timeout(30):
+            await started.wait()  # the baseline status is taken: changes from here on count
         degraded = AppStatus(sync="Synced", health="Degraded", reason="1 failed", desired=2)
-        await async_wait_for(lambda: n.pending == 0, what="idle notifier")
         mesh.writer.publish("garden", garden({"billing": degraded, "shop": SHOP}))
         await async_wait_for(
             lambda: any(b["kind"] == "health" and b["app"] == "billing" for b in receiver.got),

@@ -105,7 +105,7 @@ def test_render_text_tables() -> None:
     assert lines[0].startswith(f"GARDEN  revision {COMMIT[:12]}")
     header = next(line for line in lines if line.startswith("NAME") and "SYNC" in line)
     billing = lines[lines.index(header) + 1]
-    assert billing.split()[:6] == ["billing", "Synced", "Healthy", "2/2", "2/2", COMMIT[:12]]
+    assert billing.split()[:6] == ["billing", "Synced", "Healthy", "2/2", "-", COMMIT[:12]]
     shop = lines[lines.index(header) + 2]
     assert "starting 1/2" in shop
     assert "starting the new set" in shop
