@@ -178,10 +178,11 @@ def _type_of(value: Any) -> str:
 
 def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, str]]:
     ptr: Pointer = tuple(err.absolute_path)
+    expected_value: Any = err.validator_value  # typed as "maybe unset"; always set here
+    value: Any = err.instance
     where = _where(ptr)
     kind = err.validator
     schema = err.schema if isinstance(err.schema, dict) else {}
-    value = err.instance
     custom = schema.get("x-message")
     if kind == "additionalProperties" and isinstance(value, dict):
         known = list(schema.get("properties", {}))
@@ -191,7 +192,7 @@ def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, s
                 yield doc.key_mark((*ptr, key)), f"unknown field {key!r} in {where}{hint}"
         return
     if kind == "required":
-        missing = [k for k in err.validator_value if k not in value]
+        missing = [k for k in expected_value if k not in value]
         for key in missing:
             mark = doc.key_mark(ptr) if ptr else doc.start
             yield mark, f"{where}: missing required field '{key}'"
@@ -204,7 +205,7 @@ def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, s
         return
     mark = doc.value_mark(ptr)
     if kind == "type":
-        expected = err.validator_value
+        expected = expected_value
         names = [expected] if isinstance(expected, str) else list(expected)
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
         hint = ""
@@ -212,13 +213,13 @@ def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, s
             hint = f' (quote it: "{value}")'
         yield mark, f"{where}: expected {want}, got {_type_of(value)} {_show(value)}{hint}"
     elif kind == "const":
-        yield mark, f"{where}: must be {_show(err.validator_value)}, got {_show(value)}"
+        yield mark, f"{where}: must be {_show(expected_value)}, got {_show(value)}"
     elif kind == "enum":
-        choices = [str(c) for c in err.validator_value]
+        choices = [str(c) for c in expected_value]
         hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
         yield mark, f"{where}: {_show(value)} is not one of {', '.join(choices)}{hint}"
     elif kind == "pattern":
-        yield mark, f"{where}: {_show(value)} {custom or 'does not match ' + err.validator_value}"
+        yield mark, f"{where}: {_show(value)} {custom or 'does not match ' + expected_value}"
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         words = {
             "minimum": "at least",
@@ -229,7 +230,7 @@ def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, s
         yield (
             mark,
             f"{where}: {_show(value)} is out of range (must be {words[kind]} "
-            f"{err.validator_value})",
+            f"{expected_value})",
         )
     elif kind == "minItems":
         yield mark, f"{where}: must not be empty"

@@ -43,14 +43,18 @@ class Identity:
         return self.root / "gossip.key"
 
     def complete(self) -> bool:
-        return all(p.is_file() for p in (self.signing_key, self.signing_pub, self.trust, self.gossip_key))
+        return all(
+            p.is_file() for p in (self.signing_key, self.signing_pub, self.trust, self.gossip_key)
+        )
 
 
 def create_identity(root: Path, apps: Sequence[str] = ("*",), force: bool = False) -> Identity:
     """Write a new identity into ``root``; refuse to overwrite one without ``force``."""
     ident = Identity(root)
     existing = [
-        p for p in (ident.signing_key, ident.signing_pub, ident.trust, ident.gossip_key) if p.exists()
+        p
+        for p in (ident.signing_key, ident.signing_pub, ident.trust, ident.gossip_key)
+        if p.exists()
     ]
     if existing and not force:
         raise ConfigError(
@@ -75,7 +79,9 @@ def ensure_identity(root: Path) -> tuple[Identity, bool]:
     ident = Identity(root)
     if ident.complete():
         return ident, False
-    if any(p.exists() for p in (ident.signing_key, ident.signing_pub, ident.trust, ident.gossip_key)):
+    if any(
+        p.exists() for p in (ident.signing_key, ident.signing_pub, ident.trust, ident.gossip_key)
+    ):
         raise ConfigError(
             f"the identity in {root} is incomplete; restore it, or remove it to make a new one"
         )

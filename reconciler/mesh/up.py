@@ -19,10 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.errors import ConfigError, UsageError
+import aiohttp
+
+from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.mesh.identity import Identity, ensure_identity
 from reconciler.mesh.layout import MeshRecord
 from reconciler.mesh.supervisor import ChildSpec, Supervisor
+from reconciler.observe.client import fetch_snapshot
+from reconciler.observe.status import MeshStatus, build_status
 
 log = logging.getLogger("myco.mesh")
 
@@ -87,13 +91,21 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             ChildSpec(
                 name=node,
                 argv=[
-                    *me, "agent", *verbosity,
-                    "--node", node,
-                    "--state", str(opts.state / "agents" / node),
-                    "--api", f"{host}:{api_port}",
-                    "--gossip-bind", gossip[i],
-                    "--gossip-key", str(ident.gossip_key),
-                    "--trust", str(ident.trust),
+                    *me,
+                    "agent",
+                    *verbosity,
+                    "--node",
+                    node,
+                    "--state",
+                    str(opts.state / "agents" / node),
+                    "--api",
+                    f"{host}:{api_port}",
+                    "--gossip-bind",
+                    gossip[i],
+                    "--gossip-key",
+                    str(ident.gossip_key),
+                    "--trust",
+                    str(ident.trust),
                     "--wither-on-exit",
                     *(["--join", *[s for s in seeds if s != gossip[i]]] if i else []),
                 ],
@@ -105,15 +117,25 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
     reconciler = ChildSpec(
         name="reconciler",
         argv=[
-            *me, "reconcile", *verbosity,
-            "--watch", str(opts.garden),
-            "--state", str(opts.state / "reconciler"),
-            "--repo", str(opts.state / "repo"),
-            "--repo-listen", f"{host}:{repo_port}",
-            "--key", str(ident.signing_key),
-            "--gossip-bind", gossip[opts.nodes],
-            "--gossip-key", str(ident.gossip_key),
-            "--join", *seeds,
+            *me,
+            "reconcile",
+            *verbosity,
+            "--watch",
+            str(opts.garden),
+            "--state",
+            str(opts.state / "reconciler"),
+            "--repo",
+            str(opts.state / "repo"),
+            "--repo-listen",
+            f"{host}:{repo_port}",
+            "--key",
+            str(ident.signing_key),
+            "--gossip-bind",
+            gossip[opts.nodes],
+            "--gossip-key",
+            str(ident.gossip_key),
+            "--join",
+            *seeds,
         ],
         log_path=logs / "reconciler.log",
         ready=_port_open(host, repo_port),
@@ -122,11 +144,17 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
     edge = ChildSpec(
         name="edge",
         argv=[
-            *me, "edge", *verbosity,
-            "--listen", opts.edge,
-            "--gossip-bind", gossip[opts.nodes + 1],
-            "--gossip-key", str(ident.gossip_key),
-            "--join", *seeds,
+            *me,
+            "edge",
+            *verbosity,
+            "--listen",
+            opts.edge,
+            "--gossip-bind",
+            gossip[opts.nodes + 1],
+            "--gossip-key",
+            str(ident.gossip_key),
+            "--join",
+            *seeds,
         ],
         log_path=logs / "edge.log",
         ready=_port_open(edge_host, edge_port),
@@ -194,6 +222,12 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Even
             f"mesh up: {opts.nodes} agent(s), reconciler watching {opts.garden}, "
             f"edge on http://{opts.edge}  (logs in {opts.state / 'logs'}; Ctrl-C stops)"
         )
+        watcher_stop = asyncio.Event()
+        watcher = (
+            asyncio.create_task(watch_status(record.agent_api, say, watcher_stop))
+            if opts.status
+            else None
+        )
         try:
             while not stop.is_set():
                 dead = sup.exited()
@@ -208,11 +242,43 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Even
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
+            watcher_stop.set()
+            if watcher is not None:
+                await watcher
             say("stopping the mesh...")
             with contextlib.suppress(FileNotFoundError):
                 (opts.state / "mesh.json").unlink()
     say("mesh stopped")
     return code
+
+
+def app_lines(status: MeshStatus) -> list[str]:
+    """One line per app: what a person watching ``myco up`` wants to see change."""
+    lines = []
+    for app in status.apps:
+        rollout = f", {app.rollout}" if app.rollout else ""
+        reason = f" ({app.reason})" if app.reason and app.health != "Healthy" else ""
+        lines.append(
+            f"{app.name}: {app.sync}/{app.health} {app.ready}/{app.desired} ready{rollout}{reason}"
+        )
+    return lines
+
+
+async def watch_status(api: str, say: Callable[[str], None], stop: asyncio.Event) -> None:
+    """Print each app's line whenever it changes, until ``stop``."""
+    shown: dict[str, str] = {}
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while not stop.is_set():
+            with contextlib.suppress(MycoError):
+                status = build_status(await fetch_snapshot(session, api))
+                for line in app_lines(status):
+                    name = line.split(":", 1)[0]
+                    if shown.get(name) != line:
+                        shown[name] = line
+                        say(line)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

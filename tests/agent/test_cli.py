@@ -157,3 +157,15 @@ async def test_wither_on_exit_stops_the_instances(
             await agent.wait()
         if pid and read_start_ticks(pid) is not None:
             os.killpg(pid, signal.SIGKILL)
+
+
+def test_config_file_is_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("node: n1\nstate: s\nreplicas: 3\n")
+    done = run_cli("agent", "--config", str(cfg))
+    assert done.returncode == 1
+    assert "unknown setting(s): replicas" in done.stderr
+    cfg.write_text(f"node: n1\nstate: {tmp_path / 's'}\n")
+    done = run_cli("agent", "--config", str(cfg))
+    assert done.returncode == 1
+    assert "no trusted keys" in done.stderr  # node and state came from the file

@@ -39,6 +39,7 @@ async def test_healthy_instance_gets_ready_with_its_environment(harness: Harness
     assert rec.healthy
     assert rec.pid
     assert rec.enforcement == harness.enforcer.mechanism
+    assert rec.rss_mb > 1.0  # resource usage is reported
     assert rec.endpoint == sup.endpoint
     async with harness.session.get(f"http://{sup.endpoint}/hello") as resp:
         assert (await resp.text()).strip() == f"{iid} /hello"
