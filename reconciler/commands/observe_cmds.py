@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 
 from reconciler.errors import UnavailableError, UsageError
+from reconciler.home import state_dir
 from reconciler.observe.client import (
     auth_headers,
     default_api,
     fetch_snapshot,
     normalize_api,
-    state_dir,
 )
 from reconciler.observe.logs import log_sources, parse_duration, stream_logs
 from reconciler.observe.render import render_json, render_text
@@ -47,7 +47,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _session(args: argparse.Namespace) -> tuple[str, Callable[[], aiohttp.ClientSession]]:
-    home = state_dir()
+    home = state_dir(None)
     api = normalize_api(args.api) if args.api else default_api(home)
     headers = auth_headers(home)
 

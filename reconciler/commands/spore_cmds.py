@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from reconciler.errors import ConfigError, GardenInvalid, UsageError
 from reconciler.garden import find_repo_root, read_app_file, read_garden
 from reconciler.garden.model import AppSpec
+from reconciler.home import state_dir
 from reconciler.repo import SporeRepo
 from reconciler.spore.build import BuiltSpore, build_spore
 from reconciler.spore.extract import extract_spore
@@ -299,11 +299,6 @@ def cmd_repo_serve(args: argparse.Namespace) -> int:
 
 
 # -- demo ------------------------------------------------------------------------------
-
-
-def state_dir(explicit: str | None) -> Path:
-    """``--state``, else ``$MYCO_HOME``, else ``./.myco``."""
-    return Path(explicit or os.environ.get("MYCO_HOME") or ".myco")
 
 
 def _step(n: int, text: str, command: str) -> None:

@@ -7,20 +7,17 @@ stops. Short-lived verbs (``status``, ``logs``, ``apply``...) read ``agent_api``
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler import home
 from reconciler.errors import ConfigError
 
 
 def state_dir(explicit: str | None = None) -> Path:
-    """``--state``, else ``$MYCO_HOME``, else ``./.myco``."""
-    if explicit:
-        return Path(explicit).resolve()
-    env = os.environ.get("MYCO_HOME")
-    return Path(env).resolve() if env else (Path.cwd() / ".myco").resolve()
+    """The shared state directory, made absolute (children run elsewhere)."""
+    return home.state_dir(explicit).resolve()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ token is sent when ``<state>/api.token`` exists (agents bound off loopback requi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import aiohttp
@@ -19,12 +18,6 @@ from .snapshot import FabricSnapshot, snapshot_from_json
 
 MESH_FILE = "mesh.json"
 TOKEN_FILE = "api.token"
-
-
-def state_dir(env: dict[str, str] | None = None) -> Path:
-    env = dict(os.environ) if env is None else env
-    home = env.get("MYCO_HOME", "")
-    return Path(home) if home else Path(".myco")
 
 
 def default_api(home: Path) -> str:

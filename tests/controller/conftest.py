@@ -166,7 +166,7 @@ class LoopbackMesh:
         for name in list(self.reconcilers):
             await self.stop_reconciler(name)
         # Wither everything (an intent from a far newer epoch) so no process outlives us.
-        for node, (agent, task, _) in self.agents.items():
+        for node in self.agents:
             self.seed.publish(intents_key(node), IntentRecord(node, 10**6).to_json())  # type: ignore[arg-type]
         for node, (agent, task, _) in self.agents.items():
             await async_wait_for(

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from reconciler.controller.builder import Overrides
+from tests.helpers import async_wait_for
 
 from .conftest import LoopbackMesh, manifest
-from tests.helpers import async_wait_for
 
 pytestmark = pytest.mark.slow
 
