@@ -24,7 +24,9 @@ from aiohttp import web
 
 from reconciler.agent.logfiles import tail_lines
 from reconciler.errors import ConfigError
-from reconciler.records import PHASES
+from reconciler.observe.http import fabric_view_handler
+from reconciler.observe.metrics import Metrics
+from reconciler.observe.ui import setup_ui
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
 
@@ -93,11 +95,30 @@ def make_app(agent: Agent, token: str | None) -> web.Application:
     app[AGENT_KEY] = agent
     app.router.add_get("/v1/node", node)
     app.router.add_get("/v1/instances", instances)
-    app.router.add_get("/v1/fabric", fabric_view)
+    app.router.add_get("/v1/fabric", fabric_view_handler(agent.fabric))
     app.router.add_get("/v1/logs/{instance}", logs)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", agent_metrics(agent).handler)
     app.add_routes(spore_routes(SporeRepo(agent.config.state_dir)))
+    setup_ui(app, agent.fabric)
     return app
+
+
+def agent_metrics(agent: Agent) -> Metrics:
+    """This node's figures (instances by phase, restarts, credits) plus the agent's own."""
+    m = Metrics("agent", agent.fabric, scope="own")
+    m.counter_callback(
+        "myco_agent_events",
+        "Agent events by kind (sprouts, restarts, fetches...)",
+        lambda: {(k,): v for k, v in agent.metrics.items()},
+        ("event",),
+    )
+    m.gauge_callback(
+        "myco_agent_enforcement",
+        "Nutrient enforcement mechanism in force (1 for the one in use)",
+        lambda: {(agent.enforcer.mechanism,): 1},
+        ("mechanism",),
+    )
+    return m
 
 
 async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
@@ -138,14 +159,6 @@ async def node(request: web.Request) -> web.Response:
 async def instances(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     return web.json_response([agent.records_json[k] for k in sorted(agent.records_json)])
-
-
-async def fabric_view(request: web.Request) -> web.Response:
-    agent = request.app[AGENT_KEY]
-    prefix = request.query.get("prefix", "")
-    view = agent.fabric.view(prefix)
-    out = [{"owner": o, "key": k, "value": v} for (o, k), v in sorted(view.items())]
-    return web.json_response(out)
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
@@ -214,35 +227,3 @@ async def _copy_new(path: Path, pos: int, resp: web.StreamResponse) -> int:
     except FileNotFoundError:
         pass
     return pos
-
-
-async def metrics(request: web.Request) -> web.Response:
-    agent = request.app[AGENT_KEY]
-    node_label = f'node="{agent.config.node}"'
-    lines: list[str] = []
-    counts = dict.fromkeys(PHASES, 0)
-    restarts = 0
-    rss = 0.0
-    for r in agent.instances():
-        counts[r.phase] = counts.get(r.phase, 0) + 1
-        restarts += r.restarts
-        rss += r.rss_mb
-    lines.append("# TYPE myco_agent_instances gauge")
-    for phase, n in counts.items():
-        lines.append(f'myco_agent_instances{{{node_label},phase="{phase}"}} {n}')
-    lines.append("# TYPE myco_agent_instance_restarts gauge")
-    lines.append(f"myco_agent_instance_restarts{{{node_label}}} {restarts}")
-    lines.append("# TYPE myco_agent_instance_rss_mb gauge")
-    lines.append(f"myco_agent_instance_rss_mb{{{node_label}}} {rss:.1f}")
-    for name, value in sorted(agent.metrics.items()):
-        lines.append(f"# TYPE myco_agent_{name} counter")
-        lines.append(f"myco_agent_{name}{{{node_label}}} {value}")
-    rec = agent.node_record()
-    lines.append("# TYPE myco_agent_free_cpu_milli gauge")
-    lines.append(f"myco_agent_free_cpu_milli{{{node_label}}} {rec.free.cpu_milli}")
-    lines.append("# TYPE myco_agent_free_memory_mb gauge")
-    lines.append(f"myco_agent_free_memory_mb{{{node_label}}} {rec.free.memory_mb}")
-    mech = agent.enforcer.mechanism
-    lines.append("# TYPE myco_agent_enforcement gauge")
-    lines.append(f'myco_agent_enforcement{{{node_label},mechanism="{mech}"}} 1')
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
