@@ -210,6 +210,8 @@ class Supervisor:
             MYCO_APP=c.app,
             MYCO_INSTANCE=c.instance_id,
             MYCO_NODE=c.node,
+            MYCO_VERSION=c.version,
+            MYCO_DIGEST=c.digest,
         )
         return env
 

@@ -229,14 +229,17 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Even
             else None
         )
         try:
+            reported: set[str] = set()
+            agents = {spec.name for spec in plan.agents}
             while not stop.is_set():
-                dead = sup.exited()
-                if dead:
-                    c = dead[0]
-                    say(
-                        f"{c.spec.name} exited with code {c.proc.returncode}; stopping the mesh "
-                        f"(see {c.spec.log_path})"
-                    )
+                dead = [c for c in sup.exited() if c.spec.name not in reported]
+                for c in dead:
+                    reported.add(c.spec.name)
+                    code_s = c.proc.returncode
+                    say(f"{c.spec.name} exited with code {code_s} (see {c.spec.log_path})")
+                if any(c.spec.name not in agents for c in dead) or agents <= reported:
+                    # A lost node is the mesh's to heal; without reconciler or edge it is over.
+                    say("the mesh cannot go on without it; stopping")
                     code = 1
                     break
                 with contextlib.suppress(TimeoutError):

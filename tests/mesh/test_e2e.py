@@ -1,0 +1,122 @@
+"""End to end on a real local mesh (`myco up`): build → sign → publish → schedule →
+sprout → route → observe, with real processes on loopback and load through the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from bench.loadgen import Load
+from tests.helpers import wait_for
+from tests.mesh.conftest import (
+    LocalMesh,
+    assert_nothing_left,
+    billing_manifest,
+    start_mesh,
+    wait_serving,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def instance_procs(mesh: LocalMesh, version: str | None = None) -> list[psutil.Process]:
+    out = []
+    for p in mesh.processes():
+        try:
+            env = p.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if env.get("MYCO_APP") == "billing" and (
+            version is None or env.get("MYCO_VERSION") == version
+        ):
+            out.append(p)
+    return out
+
+
+def test_round_robin_then_ctrl_c_leaves_nothing(tmp_path):
+    mesh = start_mesh(tmp_path)
+    try:
+        seen = wait_serving(mesh, instances=2)
+        assert len(seen) == 2
+        # Round-robin: consecutive answers alternate over both instances.
+        from tests.mesh.conftest import get_json
+
+        answers = [get_json(f"{mesh.url}/billing/hello")[1].get("instance") for _ in range(10)]
+        assert set(answers) == seen
+        assert len(instance_procs(mesh)) == 2
+    finally:
+        mesh.stop()
+    assert mesh.proc.returncode == 0, mesh.log.read_text()
+    assert_nothing_left(mesh)
+
+
+async def test_version_bump_under_load_drops_nothing(local_mesh):
+    mesh = local_mesh
+    await asyncio.to_thread(wait_serving, mesh, 2)
+    async with Load(f"{mesh.url}/billing/hello", rps=120) as load:
+        await asyncio.sleep(1.0)
+        bumped_at = time.monotonic()
+        mesh.write_app(billing_manifest(version="2.0.0"))
+        await asyncio.to_thread(wait_serving, mesh, 2, "2.0.0", 60)
+        # Every answer is from the new version from some point on, and stays so.
+        await asyncio.sleep(1.5)
+    result = load.result
+    assert result.sent >= 200
+    assert not result.failed, result.failed[:5]
+    tail = [o.version for o in result.outcomes if o.at > time.monotonic() - 1.0]
+    assert tail
+    assert set(tail) == {"2.0.0"}
+    assert {"1.0.0", "2.0.0"} <= result.versions_after(bumped_at - 1.0)
+    # The old instances are withered after the warmup and drain.
+    await asyncio.to_thread(
+        wait_for, lambda: not instance_procs(mesh, "1.0.0"), 30, 0.1, "old instances gone"
+    )
+    assert len(instance_procs(mesh, "2.0.0")) == 2
+
+
+async def test_kill_9_of_an_instance_fails_no_get(local_mesh):
+    mesh = local_mesh
+    await asyncio.to_thread(wait_serving, mesh, 2)
+    victim = instance_procs(mesh)[0]
+    async with Load(f"{mesh.url}/billing/hello", rps=100) as load:
+        await asyncio.sleep(0.5)
+        os.kill(victim.pid, signal.SIGKILL)
+        # The agent restarts it; the edge retries the failed connects on the other one.
+        await asyncio.to_thread(
+            wait_for,
+            lambda: len([p for p in instance_procs(mesh) if p.pid != victim.pid]) == 2,
+            30, 0.1, "the killed instance restarted",
+        )  # fmt: skip
+        await asyncio.to_thread(wait_serving, mesh, 2)
+        await asyncio.sleep(0.5)
+    assert load.result.sent >= 100
+    assert not load.result.failed, load.result.failed[:5]
+
+
+async def test_node_death_replaces_its_instances(local_mesh):
+    mesh = local_mesh
+    await asyncio.to_thread(wait_serving, mesh, 2)
+    record = mesh.record()
+    by_node: dict[str, list[psutil.Process]] = {}
+    for p in instance_procs(mesh):
+        by_node.setdefault(p.environ()["MYCO_NODE"], []).append(p)
+    node, victims = next(iter(by_node.items()))
+    agent_pid = record["children"][node]  # type: ignore[index]
+    async with Load(f"{mesh.url}/billing/hello", rps=100) as load:
+        await asyncio.sleep(0.5)
+        # The node dies: its agent and every instance on it, at once.
+        for p in [psutil.Process(agent_pid), *victims]:
+            p.kill()
+        await asyncio.to_thread(
+            wait_for,
+            lambda: len([p for p in instance_procs(mesh) if p.environ()["MYCO_NODE"] != node]) >= 2,
+            60, 0.1, "replacements on the other nodes",
+        )  # fmt: skip
+        await asyncio.to_thread(wait_serving, mesh, 2)
+        await asyncio.sleep(0.5)
+    assert not load.result.failed, load.result.failed[:5]
