@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -51,7 +51,7 @@ def request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming id (1-128 safe characters), else make a fresh one."""
     if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as a uuid4, at a third of the cost
 
 
 def upstream_request_headers(
@@ -100,6 +100,27 @@ def downstream_response_headers(upstream: Headers, *, rid: str) -> CIMultiDict[s
         if name.lower() not in drop:
             out.add(name, value)
     if REQUEST_ID_HEADER not in out:
+        out[REQUEST_ID_HEADER] = rid
+    return out
+
+
+def downstream_from_raw(raw: list[tuple[bytes, bytes]], *, rid: str) -> CIMultiDict[str]:
+    """:func:`downstream_response_headers` for raw header pairs from the lean client."""
+    drop = HOP_BY_HOP
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = drop | {t.strip().lower() for t in value.decode("latin-1").split(",")}
+    out: CIMultiDict[str] = CIMultiDict()
+    has_rid = False
+    for name, value in raw:
+        n = name.decode("latin-1")
+        ln = n.lower()
+        if ln in drop:
+            continue
+        if ln == "x-request-id":
+            has_rid = True
+        out.add(n, value.decode("latin-1"))
+    if not has_rid:
         out[REQUEST_ID_HEADER] = rid
     return out
 

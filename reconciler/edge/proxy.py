@@ -25,6 +25,7 @@ from yarl import URL
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.headers import (
     Rfc3339Clock,
+    downstream_from_raw,
     downstream_response_headers,
     is_websocket_upgrade,
     request_id,
@@ -321,8 +322,7 @@ class EdgeProxy:
     async def _relay_fast(
         self, request: web.BaseRequest, conn: UpstreamConnection, rid: str
     ) -> web.StreamResponse:
-        raw = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in conn.headers)
-        headers = downstream_response_headers(raw, rid=rid)
+        headers = downstream_from_raw(conn.headers, rid=rid)
         read = self.config.timeouts.read
         length_s = headers.get("Content-Length")
         length = int(length_s) if length_s is not None and length_s.isdigit() else None

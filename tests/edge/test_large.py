@@ -41,7 +41,9 @@ async def test_100mb_upload_and_download_with_bounded_edge_memory(
     edge_process: Callable[..., EdgeProcess],
 ) -> None:
     (big,) = await backends("big")
-    edge = edge_process("--route", f"big={big.endpoint}", "--loop", "asyncio")
+    # the edge process runs on the same kind of loop as this test (asyncio or uvloop)
+    loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+    edge = edge_process("--route", f"big={big.endpoint}", "--loop", loop)
     await edge.ready(client)
     assert edge.proc is not None
     async with client.get(f"{edge.url}/big/download/1000") as resp:  # warm up

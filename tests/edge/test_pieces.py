@@ -152,3 +152,13 @@ def test_routes_from_view_skips_malformed_and_other_keys() -> None:
         ("r2", "routes/c"): None,
     }
     assert routes_from_view(view) == [RouteRecord.from_json(good)]
+
+
+def test_downstream_from_raw_matches_the_multidict_version() -> None:
+    from reconciler.edge.headers import downstream_from_raw
+
+    raw = [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Connection", b"close, X-Hop"),
+           (b"X-Hop", b"1"), (b"Keep-Alive", b"timeout=5"), (b"Content-Length", b"3")]  # fmt: skip
+    md = CIMultiDict((n.decode(), v.decode()) for n, v in raw)
+    assert downstream_from_raw(raw, rid="r") == downstream_response_headers(md, rid="r")
+    assert downstream_from_raw([(b"X-Request-ID", b"up")], rid="r").getall("X-Request-ID") == ["up"]

@@ -1,130 +1,14 @@
-"""A real local mesh for end-to-end tests: `myco up` as a subprocess on loopback.
-
-Everything is real: the reconciler watching a garden directory, three agents, the edge,
-the example workload as the app. The fixture stops the mesh with SIGINT (as Ctrl-C does)
-and checks that no process it started is left behind.
-"""
+"""Fixtures for end-to-end tests on a real local mesh (see :mod:`bench.localmesh`)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.helpers import free_port, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def billing_manifest(version: str = "1.0.0", instances: int = 2, warmup_s: float = 0.5) -> str:
-    return textwrap.dedent(
-        f"""\
-        apiVersion: myco/v1
-        kind: Spore
-        metadata:
-          name: billing
-        spec:
-          version: "{version}"
-          source: ../workloads/billing
-          command: ["{sys.executable}", "server.py"]
-          nutrients: {{cpu_milli: 100, memory_mb: 128}}
-          health: {{path: /health, interval_s: 0.2, timeout_s: 1.0, grace_s: 10.0}}
-          restart: {{backoff_initial_s: 0.1, backoff_max_s: 1.0, stop_grace_s: 2.0}}
-          instances: {instances}
-          rollout: {{strategy: blue-green, warmup_s: {warmup_s}}}
-        """
-    )
-
-
-@dataclass
-class LocalMesh:
-    root: Path
-    state: Path
-    garden: Path
-    edge: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.edge}"
-
-    def record(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads((self.state / "mesh.json").read_text())
-        return data
-
-    def write_app(self, text: str, name: str = "billing.yaml") -> None:
-        tmp = self.garden / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.garden / name)
-
-    def processes(self) -> list[psutil.Process]:
-        """Every live process started by this mesh: `myco` children and their instances."""
-        found = []
-        for p in psutil.process_iter(["cmdline", "cwd", "environ"]):
-            try:
-                cmd = " ".join(p.info["cmdline"] or ())
-                cwd = p.info["cwd"] or ""
-                env = p.info["environ"] or {}
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            if p.pid == os.getpid():
-                continue
-            if str(self.state) in cmd or cwd.startswith(str(self.state)):
-                found.append(p)
-            elif env.get("MYCO_INSTANCE") and str(self.state) in env.get("PWD", ""):
-                found.append(p)
-        return found
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
-def start_mesh(tmp_path: Path, nodes: int = 3, manifest: str | None = None) -> LocalMesh:
-    root = tmp_path / "repo"
-    (root / "garden").mkdir(parents=True)
-    shutil.copytree(ROOT / "workloads" / "billing", root / "workloads" / "billing")
-    (root / "garden" / "billing.yaml").write_text(manifest or billing_manifest())
-    # A garden lives in a Git work tree: its root bounds where `source` may point.
-    subprocess.run(["git", "init", "-q", str(root)], check=True, timeout=30)
-    state = tmp_path / "state"
-    edge = f"127.0.0.1:{free_port()}"
-    log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "reconciler", "up", str(root / "garden"),
-                "--nodes", str(nodes), "--edge", edge, "--state", str(state),
-            ],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-    mesh = LocalMesh(root, state, root / "garden", edge, proc, log)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"myco up exited {proc.returncode}:\n{log.read_text()}")
-        return (state / "mesh.json").exists()
-
-    wait_for(up, timeout=60, what="the mesh to start")
-    return mesh
+from bench.localmesh import LocalMesh, start_mesh
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -146,35 +30,3 @@ def assert_nothing_left(mesh: LocalMesh) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, int(port)))  # raises if anything still listens there
-
-
-def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, {}
-
-
-def wait_serving(
-    mesh: LocalMesh, instances: int, version: str = "1.0.0", timeout: float = 60
-) -> set[str]:
-    """Wait until the edge answers from ``instances`` distinct instances of ``version``."""
-    seen: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, body = get_json(f"{mesh.url}/billing/hello")
-        if status == 200 and body.get("version") == version:
-            seen.add(str(body.get("instance")))
-            if len(seen) >= instances:
-                return seen
-        time.sleep(0.05)
-    raise AssertionError(
-        f"edge did not answer from {instances} instances of {version} (saw {seen}):\n"
-        + mesh.log.read_text()[-3000:]
-    )

@@ -12,14 +12,9 @@ import psutil
 import pytest
 
 from bench.loadgen import Load
+from bench.localmesh import LocalMesh, billing_manifest, get_json, start_mesh, wait_serving
 from tests.helpers import wait_for
-from tests.mesh.conftest import (
-    LocalMesh,
-    assert_nothing_left,
-    billing_manifest,
-    start_mesh,
-    wait_serving,
-)
+from tests.mesh.conftest import assert_nothing_left
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -44,8 +39,6 @@ def test_round_robin_then_ctrl_c_leaves_nothing(tmp_path):
         seen = wait_serving(mesh, instances=2)
         assert len(seen) == 2
         # Round-robin: consecutive answers alternate over both instances.
-        from tests.mesh.conftest import get_json
-
         answers = [get_json(f"{mesh.url}/billing/hello")[1].get("instance") for _ in range(10)]
         assert set(answers) == seen
         assert len(instance_procs(mesh)) == 2

@@ -1,0 +1,168 @@
+"""Convergence of a real 3-node local mesh (`myco up`), measured end to end.
+
+    python -m bench.converge [--json]
+
+* ``bump_s``: the garden file is written with a new version → every edge answer comes from
+  it, minus the configured ``warmup_s`` (blue-green waits that long on purpose).
+* ``scale_s``: instances 0 → 10, all ready and routed.
+* ``node_death_failed_requests`` / ``node_death_replace_s``: under load, a node dies (its
+  agent and all its instances are killed) → replacements ready and routed.
+* ``workload_boot_s``: the workload's own exec → first healthy ``/health``, in the same run,
+  so the figures above can be read against what the workload itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from bench.loadgen import Load
+from bench.localmesh import ROOT, LocalMesh, billing_manifest, free_port, start_mesh, wait_serving
+from reconciler.observe.client import fetch_snapshot
+from reconciler.observe.status import build_status
+
+WARMUP_S = 0.5
+
+
+def workload_boot_s(runs: int = 5) -> float:
+    """Median time from exec of the example workload to its first healthy answer."""
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "server.py"],
+            cwd=ROOT / "workloads" / "billing",
+            env={"PORT": str(port), "PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = t0 + 30
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:  # noqa: S310
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.005)
+            times.append(time.monotonic() - t0)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return sorted(times)[len(times) // 2]
+
+
+async def ready_and_routed(session: aiohttp.ClientSession, mesh: LocalMesh, n: int) -> bool:
+    try:
+        status = build_status(await fetch_snapshot(session, str(mesh.record()["agent_api"])))
+    except Exception:  # noqa: BLE001 - an agent may be briefly unreachable; keep polling
+        return False
+    app = next((a for a in status.apps if a.name == "billing"), None)
+    return app is not None and app.ready == n and app.backends == n
+
+
+async def wait_until(cond, within: float) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        if await cond():
+            return time.monotonic()
+        await asyncio.sleep(0.02)
+    raise TimeoutError("condition not reached")
+
+
+async def measure(tmp: Path) -> dict[str, float | int]:
+    out: dict[str, float | int] = {}
+    mesh = start_mesh(tmp, nodes=3, manifest=billing_manifest(instances=2, warmup_s=WARMUP_S))
+    try:
+        await asyncio.to_thread(wait_serving, mesh, 2)
+        url = f"{mesh.url}/billing/hello"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            # bump: new version written → every answer from it
+            async with Load(url, rps=200) as load:
+                await asyncio.sleep(0.5)
+                t0 = time.monotonic()
+                mesh.write_app(billing_manifest("2.0.0", instances=2, warmup_s=WARMUP_S))
+                await asyncio.to_thread(wait_serving, mesh, 2, "2.0.0", 60)
+                await asyncio.sleep(1.0)
+            old = [o.at for o in load.result.outcomes if o.status == 200 and o.version != "2.0.0"]
+            switched = max(old) if old else t0
+            out["bump_s"] = round(max(0.0, switched - t0 - WARMUP_S), 3)
+            out["bump_failed_requests"] = len(load.result.failed)
+
+            # scale: 0 → 10
+            mesh.write_app(billing_manifest("2.0.0", instances=0, warmup_s=WARMUP_S))
+            await wait_until(lambda: ready_and_routed(session, mesh, 0), 60)
+            t0 = time.monotonic()
+            mesh.write_app(billing_manifest("2.0.0", instances=10, warmup_s=WARMUP_S))
+            t1 = await wait_until(lambda: ready_and_routed(session, mesh, 10), 120)
+            out["scale_s"] = round(t1 - t0, 3)
+
+            # node death under load
+            mesh.write_app(billing_manifest("2.0.0", instances=3, warmup_s=WARMUP_S))
+            await wait_until(lambda: ready_and_routed(session, mesh, 3), 60)
+            node = "node-2"
+            agent_pid = int(mesh.record()["children"][node])  # type: ignore[index]
+            victims = [psutil.Process(agent_pid)]
+            for p in mesh.processes():
+                try:
+                    if p.environ().get("MYCO_NODE") == node:
+                        victims.append(p)
+                except psutil.Error:
+                    continue
+            async with Load(url, rps=200) as load:
+                await asyncio.sleep(0.5)
+                t0 = time.monotonic()
+                for p in victims:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.kill()
+
+                async def replaced() -> bool:
+                    if not await ready_and_routed(session, mesh, 3):
+                        return False
+                    status = build_status(
+                        await fetch_snapshot(session, str(mesh.record()["agent_api"]))
+                    )
+                    return all(i.node != node for i in status.instances if i.app == "billing")
+
+                t1 = await wait_until(replaced, 60)
+                await asyncio.sleep(0.5)
+            out["node_death_replace_s"] = round(t1 - t0, 3)
+            out["node_death_failed_requests"] = len(load.result.failed)
+            out["node_death_requests"] = load.result.sent
+    finally:
+        mesh.stop()
+    out["workload_boot_s"] = round(workload_boot_s(), 3)
+    out["warmup_s"] = WARMUP_S
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.converge", description=__doc__)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="myco-converge-") as tmp:
+        result = asyncio.run(measure(Path(tmp)))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        targets = {"bump_s": "<= 1.5", "scale_s": "<= 2", "node_death_failed_requests": "= 0",
+                   "node_death_replace_s": "<= 5"}  # fmt: skip
+        for k, v in result.items():
+            print(f"{k:28} {v:>10}   {targets.get(k, '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
