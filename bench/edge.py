@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +128,8 @@ asyncio.run(main())
 @contextmanager
 def _backend(kind: str, tmp: Path, port: int) -> Iterator[None]:
     if kind == "nginx":
-        body = f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from backend\\n"; }} }}'
+        hello = 'return 200 "hello from backend\\n";'
+        body = f"  server {{ listen 127.0.0.1:{port}; location / {{ {hello} }} }}"
         with _nginx(tmp / "backend", 1, body, port):
             yield
     else:
@@ -215,8 +216,15 @@ def _load(url: str, conns: int, duration: float, delay_ms: float | None = None) 
 
 
 def _paced(url: str, conns: int, duration: float, rate: float) -> Load:
-    """Load at about ``rate`` requests/s: each connection waits conns/rate between requests."""
-    return _load(url, conns, duration, delay_ms=conns * 1000.0 / rate)
+    """Load at about ``rate`` requests/s, closed-loop connections paced by a delay.
+
+    Each connection makes ``rate / conns`` requests a second, so it waits ``conns / rate``
+    minus the time a request takes; a one-second probe measures that time first.
+    """
+    period_ms = conns * 1000.0 / rate
+    probe = _load(url, conns, 1.0, delay_ms=period_ms)
+    taken_ms = max(0.0, conns * 1000.0 / max(probe.rps, 1.0) - period_ms)
+    return _load(url, conns, duration, delay_ms=max(0.01, period_ms - taken_ms))
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -228,7 +236,13 @@ def run(
     connections: int = 64,
     loops: tuple[str, ...] = ("uvloop", "asyncio"),
     backend: str = "auto",
+    repeat: int = 3,
 ) -> dict[str, object]:
+    """Measure every target ``repeat`` times, interleaved, and keep the median of each.
+
+    Interleaving (direct, nginx, myco, direct, nginx, myco, ...) with all the servers up
+    at once means a neighbour's burst of CPU use hits every target alike.
+    """
     have_nginx = shutil.which("nginx") is not None
     if backend == "auto":
         backend = "nginx" if have_nginx else "python"
@@ -239,79 +253,87 @@ def run(
         "workers": workers,
         "connections": connections,
         "duration_s": duration,
+        "repeat": repeat,
         "backend": backend,
         "load_generator": "wrk" if shutil.which("wrk") else "python-aiohttp",
         "cpus": os.cpu_count(),
         "targets": TARGETS,
     }
-    with tempfile.TemporaryDirectory(prefix="myco-bench-edge-") as tmp_s:
+    with tempfile.TemporaryDirectory(prefix="myco-bench-edge-") as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
         be_port = _free_port()
-        with _backend(backend, tmp, be_port):
-            direct_url = f"http://127.0.0.1:{be_port}/hello"
-            _load(direct_url, connections, 1.0)  # warm-up
-            direct = _load(direct_url, connections, duration)
-            _put(result, "direct", direct)
-            if have_nginx:
-                nx_port = _free_port()
-                body = f"""  upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
+        stack.enter_context(_backend(backend, tmp, be_port))
+        urls = {"direct": f"http://127.0.0.1:{be_port}/hello"}
+        if have_nginx:
+            nx_port = _free_port()
+            body = f"""  upstream be {{ server 127.0.0.1:{be_port}; keepalive 256; }}
   server {{ listen 127.0.0.1:{nx_port};
     location /bench/ {{ proxy_pass http://be/; proxy_http_version 1.1;
                         proxy_set_header Connection ""; }} }}"""
-                with _nginx(tmp / "proxy", workers, body, nx_port):
-                    url = f"http://127.0.0.1:{nx_port}/bench/hello"
-                    _load(url, connections, 1.0)
-                    _put(result, "nginx", _load(url, connections, duration))
-            by_loop: dict[str, dict[str, float]] = {}
-            for loop in loops:
-                by_loop[loop] = _measure_myco(
-                    loop, workers, be_port, connections, duration, direct_url
-                )
-            result["by_loop"] = by_loop
+            stack.enter_context(_nginx(tmp / "proxy", workers, body, nx_port))
+            urls["nginx"] = f"http://127.0.0.1:{nx_port}/bench/hello"
+        for loop in loops:
+            port = _free_port()
+            args = [
+                sys.executable, "-m", "reconciler", "edge", "--listen", f"127.0.0.1:{port}",
+                "--route", f"bench=127.0.0.1:{be_port}", "--workers", str(workers),
+                "--loop", loop,
+            ]  # fmt: skip
+            stack.enter_context(_process(args, port))
+            urls[f"myco_{loop}"] = f"http://127.0.0.1:{port}/bench/hello"
+        if workers > 1:
+            time.sleep(1.0)  # let every worker bind before measuring
+        for url in urls.values():
+            _load(url, connections, 1.0)  # warm-up: pools filled, code paths hot
+        runs: dict[str, list[Load]] = {name: [] for name in urls}
+        for _ in range(repeat):
+            for name, url in urls.items():
+                runs[name].append(_load(url, connections, duration))
+        medians = {name: _median(loads) for name, loads in runs.items()}
+        _put(result, "direct", medians["direct"])
+        if "nginx" in medians:
+            _put(result, "nginx", medians["nginx"])
+        by_loop: dict[str, dict[str, float]] = {}
+        for loop in loops:
+            top = medians[f"myco_{loop}"]
+            half = top.rps / 2
+            paced_conns = max(4, min(connections, 32))
+            myco_half = _paced(urls[f"myco_{loop}"], paced_conns, duration, half)
+            direct_half = _paced(urls["direct"], paced_conns, duration, half)
+            by_loop[loop] = {
+                "rps_myco": round(top.rps, 1),
+                "p50_ms_myco": round(top.p50_ms, 3),
+                "p99_ms_myco": round(top.p99_ms, 3),
+                "errors_myco": sum(x.errors for x in runs[f"myco_{loop}"]),
+                "rps_myco_runs": [round(x.rps, 1) for x in runs[f"myco_{loop}"]],  # type: ignore[dict-item]
+                "half_rate_rps": round(myco_half.rps, 1),
+                "p99_ms_myco_at_half": round(myco_half.p99_ms, 3),
+                "p99_ms_direct_at_half": round(direct_half.p99_ms, 3),
+                "p99_added_ms": round(myco_half.p99_ms - direct_half.p99_ms, 3),
+            }
+        result["rps_direct_runs"] = [round(x.rps, 1) for x in runs["direct"]]
+        if "nginx" in runs:
+            result["rps_nginx_runs"] = [round(x.rps, 1) for x in runs["nginx"]]
+        result["by_loop"] = by_loop
     if loops:
         first = by_loop[loops[0]]
         result["loop"] = loops[0]
-        for k in ("rps_myco", "p50_ms_myco", "p99_ms_myco", "errors_myco", "p99_added_ms"):
+        for k in (
+            "rps_myco", "p50_ms_myco", "p99_ms_myco", "errors_myco", "p99_added_ms",
+            "half_rate_rps", "p99_ms_direct_at_half", "p99_ms_myco_at_half",
+        ):  # fmt: skip
             result[k] = first[k]
-        result["half_rate_rps"] = first["half_rate_rps"]
-        result["p99_ms_direct_at_half"] = first["p99_ms_direct_at_half"]
-        result["p99_ms_myco_at_half"] = first["p99_ms_myco_at_half"]
         if "rps_nginx" in result:
             nginx_rps = float(result["rps_nginx"])  # type: ignore[arg-type]
             result["ratio"] = round(float(first["rps_myco"]) / nginx_rps, 3)
-            for lp, d in by_loop.items():
+            for d in by_loop.values():
                 d["ratio"] = round(d["rps_myco"] / nginx_rps, 3)
     return result
 
 
-def _measure_myco(
-    loop: str, workers: int, be_port: int, conns: int, duration: float, direct_url: str
-) -> dict[str, float]:
-    port = _free_port()
-    args = [
-        sys.executable, "-m", "reconciler", "edge", "--listen", f"127.0.0.1:{port}",
-        "--route", f"bench=127.0.0.1:{be_port}", "--workers", str(workers), "--loop", loop,
-    ]  # fmt: skip
-    with _process(args, port):
-        url = f"http://127.0.0.1:{port}/bench/hello"
-        if workers > 1:
-            time.sleep(1.0)  # let every worker bind before measuring
-        _load(url, conns, 1.0)
-        top = _load(url, conns, duration)
-        half = top.rps / 2
-        paced_conns = max(4, min(conns, 32))
-        myco_half = _paced(url, paced_conns, duration, half)
-    direct_half = _paced(direct_url, paced_conns, duration, half)
-    return {
-        "rps_myco": round(top.rps, 1),
-        "p50_ms_myco": round(top.p50_ms, 3),
-        "p99_ms_myco": round(top.p99_ms, 3),
-        "errors_myco": top.errors,
-        "half_rate_rps": round(myco_half.rps, 1),
-        "p99_ms_myco_at_half": round(myco_half.p99_ms, 3),
-        "p99_ms_direct_at_half": round(direct_half.p99_ms, 3),
-        "p99_added_ms": round(myco_half.p99_ms - direct_half.p99_ms, 3),
-    }
+def _median(loads: list[Load]) -> Load:
+    """The run with the median rate (its own latencies, so the figures belong together)."""
+    return sorted(loads, key=lambda x: x.rps)[len(loads) // 2]
 
 
 def _put(result: dict[str, object], name: str, load: Load) -> None:
@@ -324,8 +346,8 @@ def _put(result: dict[str, object], name: str, load: Load) -> None:
 def _table(r: dict[str, object]) -> str:
     lines = [
         f"edge benchmark: {r['workers']} worker(s), {r['connections']} connections, "
-        f"{r['duration_s']}s each, backend {r['backend']}, load {r['load_generator']}, "
-        f"{r['cpus']} CPUs",
+        f"{r['duration_s']}s each (median of {r['repeat']}), backend {r['backend']}, "
+        f"load {r['load_generator']}, {r['cpus']} CPUs",
         f"{'':<18}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}",
     ]
     rows = [("direct", "direct"), ("nginx", "nginx")]
@@ -356,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--loops", default="uvloop,asyncio", help="event loops to run myco on")
     ap.add_argument("--backend", choices=("auto", "nginx", "python"), default="auto")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per target (median)")
     args = ap.parse_args(argv)
     result = run(
         workers=args.workers,
@@ -363,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         connections=args.connections,
         loops=tuple(x for x in args.loops.split(",") if x),
         backend=args.backend,
+        repeat=max(1, args.repeat),
     )
     print(json.dumps(result, indent=2) if args.json else _table(result))
     return 0

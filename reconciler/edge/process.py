@@ -67,6 +67,10 @@ def loop_factory(name: LoopName) -> Callable[[], asyncio.AbstractEventLoop] | No
 
 def run(spec: EdgeRunSpec) -> int:
     """Run the edge until SIGTERM/SIGINT; the exit code."""
+    if spec.verbosity <= 0:
+        # A daemon: its route changes and the per-app stats lines every interval are
+        # shown without -v (per-request details stay at debug level).
+        logging.getLogger("myco.edge").setLevel(logging.INFO)
     if spec.workers > 1 and spec.worker_index < 0:
         return _supervise(spec)
     with asyncio.Runner(loop_factory=loop_factory(spec.loop)) as runner:
@@ -99,14 +103,14 @@ async def _serve_until(
     sink: StatsSink | None,
 ) -> None:
     async with running_edge(spec.config, source, sock=sock, stats_sink=sink) as edge:
-        log.warning(
+        log.info(
             "edge serving on %s (pid %d, loop %s)",
             edge.url,
             os.getpid(),
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         await stop.wait()
-        log.warning("edge stopping: finishing %d request(s) in flight", edge.proxy.in_flight)
+        log.info("edge stopping: finishing %d request(s) in flight", edge.proxy.in_flight)
 
 
 async def _serve_with_fabric(spec: EdgeRunSpec, sock: socket.socket, stop: asyncio.Event) -> None:
@@ -169,7 +173,7 @@ def _supervise(spec: EdgeRunSpec) -> int:
         return p
 
     procs = [start(i) for i in range(spec.workers)]
-    log.warning("edge supervisor: %d workers on %s:%d", spec.workers, cfg.host, port)
+    log.info("edge supervisor: %d workers on %s:%d", spec.workers, cfg.host, port)
     try:
         while not stopping:
             for i, p in enumerate(procs):

@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -105,7 +104,7 @@ def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
 
 
 class EdgeProxy:
-    """The request handler. Owns nothing but references; the caller owns the session."""
+    """The request handler. Owns the lean path's pool; the caller owns the aiohttp session."""
 
     def __init__(
         self,
@@ -123,7 +122,7 @@ class EdgeProxy:
         self.clock = clock
         self._wall = Rfc3339Clock()
         self.in_flight = 0
-        self.pool: Any = (
+        self.pool: UpstreamPool | None = (
             UpstreamPool(config.pool, config.timeouts)
             if HAVE_FAST_PATH and config.fast_path
             else None
@@ -148,6 +147,9 @@ class EdgeProxy:
                 resp = await self._http(request, route, rest)
             status = resp.status
             return resp
+        except ConnectionResetError:
+            status = 499  # the client went away (nginx's code for it), not a server error
+            raise
         finally:
             self.in_flight -= 1
             self.stats.record(route.app, status, self.clock() - started)
@@ -178,7 +180,7 @@ class EdgeProxy:
         headers.popall("Expect", None)
         has_body = request.body_exists
         if self.pool is not None and request.method == "GET" and not has_body:
-            return await self._http_fast(request, route, rest, headers, rid)
+            return await self._http_fast(self.pool, request, route, rest, headers, rid)
         if has_body and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = _BodyStream(request.content) if has_body else None
@@ -210,7 +212,7 @@ class EdgeProxy:
                 ):
                     continue
                 return failure
-            except aiohttp.SocketTimeoutError as exc:
+            except (aiohttp.SocketTimeoutError, TimeoutError) as exc:  # read or total limit
                 self._outcome(route, backend, Outcome.SERVER_ERROR, exc)
                 return json_error(504, "backend timed out", app=route.app)
             except aiohttp.ClientError as exc:
@@ -241,6 +243,7 @@ class EdgeProxy:
 
     async def _http_fast(
         self,
+        pool: UpstreamPool,
         request: web.BaseRequest,
         route: AppRoute,
         rest: str,
@@ -265,7 +268,7 @@ class EdgeProxy:
                 f"GET {target} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n{lines}\r\n"
             ).encode("utf-8", "surrogateescape")
             try:
-                conn = await self._exchange(backend, head)
+                conn = await self._exchange(pool, backend, head)
             except UpstreamConnectError as exc:
                 self._outcome(route, backend, Outcome.CONNECT_FAILURE, exc)
                 failure = json_error(502, "backend unreachable", app=route.app)
@@ -295,12 +298,14 @@ class EdgeProxy:
             try:
                 return await self._relay_fast(request, conn, rid)
             finally:
-                self.pool.release(conn)
+                pool.release(conn)
 
-    async def _exchange(self, backend: BackendState, head: bytes) -> UpstreamConnection:
+    async def _exchange(
+        self, pool: UpstreamPool, backend: BackendState, head: bytes
+    ) -> UpstreamConnection:
         """Send ``head``; a pooled connection the backend had closed is replaced once."""
         read = self.config.timeouts.read
-        conn: UpstreamConnection = await self.pool.acquire(backend.host, backend.port)
+        conn = await pool.acquire(backend.host, backend.port)
         try:
             await conn.send(head, read)
             return conn
@@ -311,7 +316,7 @@ class EdgeProxy:
         except BaseException:
             conn.close()
             raise
-        conn = await self.pool.connect(backend.host, backend.port)
+        conn = await pool.connect(backend.host, backend.port)
         try:
             await conn.send(head, read)
         except BaseException:
@@ -329,7 +334,9 @@ class EdgeProxy:
         if conn.status in _NO_BODY_STATUS or (
             length is not None and length <= self.config.small_body_bytes
         ):
-            body = b"".join([chunk async for chunk in conn.body(read)])
+            body = conn.take_complete_body()
+            if body is None:
+                body = b"".join([chunk async for chunk in conn.body(read)])
             headers.popall("Content-Length", None)
             return web.Response(status=conn.status, headers=headers, body=body)
         resp = web.StreamResponse(status=conn.status, headers=headers)
@@ -378,7 +385,7 @@ class EdgeProxy:
                 exc or outcome.value,
             )
         elif exc is not None:
-            log.info("backend %s of app %s: %s", backend.endpoint, route.app, exc)
+            log.debug("backend %s of app %s: %s", backend.endpoint, route.app, exc)
 
     async def _websocket(
         self, request: web.BaseRequest, route: AppRoute, rest: str

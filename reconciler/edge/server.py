@@ -119,7 +119,7 @@ async def running_edge(
         await runner.setup()
         try:
             await web.SockSite(runner, sock).start()
-            log.info("edge listening on %s:%d", config.host, port)
+            log.debug("edge listening on %s:%d", config.host, port)
             yield edge
         finally:
             await runner.cleanup()  # stop accepting, finish in-flight, close

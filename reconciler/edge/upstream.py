@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import cast
 
-import httptools
+import httptools  # type: ignore[import-not-found,unused-ignore]  # optional: see docs/edge.md
 
 from reconciler.edge.config import PoolLimits, Timeouts
 
@@ -203,6 +203,15 @@ class UpstreamConnection(asyncio.Protocol):
                 raise UpstreamTimeoutError("backend stopped sending") from None
             finally:
                 self._wakeup = None
+
+    def take_complete_body(self) -> bytes | None:
+        """The whole body if it has already arrived (the common small answer), else None."""
+        if not self._complete:
+            return None
+        data = b"".join(self._body)
+        self._body.clear()
+        self._buffered = 0
+        return data
 
     @property
     def reusable(self) -> bool:

@@ -86,12 +86,17 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """Scuttlebutt digest: owner -> highest version known without gaps."""
+    """Scuttlebutt digest: owner -> highest version known without gaps.
+
+    ``partial``: only the owners listed are compared (a sample, in large clusters); else
+    an owner missing from the digest is one the sender has nothing of.
+    """
 
     src: str
     src_addr: str
     reply: bool
     versions: dict[str, int]
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,8 @@ def to_wire(msg: Message) -> list[Any]:
     if isinstance(msg, Entry):
         return [T_ENTRY, *_entry_list(msg)]
     if isinstance(msg, Digest):
-        return [T_DIGEST, msg.src, msg.src_addr, 1 if msg.reply else 0, msg.versions]
+        flags = (1 if msg.reply else 0) | (2 if msg.partial else 0)
+        return [T_DIGEST, msg.src, msg.src_addr, flags, msg.versions]
     if isinstance(msg, Deltas):
         return [T_DELTAS, msg.watermarks, [_entry_list(e) for e in msg.entries]]
     return [
@@ -173,8 +179,11 @@ def to_wire(msg: Message) -> list[Any]:
     ]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def encode(messages: list[Message]) -> bytes:
@@ -191,6 +200,9 @@ def wire_size(msg: Message) -> int:
 
 def _bad_constant(name: str) -> None:
     raise PacketError(f"non-finite number {name}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_bad_constant)
 
 
 def _int(v: object) -> int:
@@ -258,7 +270,10 @@ def _message(m: object) -> Message:
         return _entry(m[1:])
     if t == T_DIGEST:
         _fields(m, 5)
-        return Digest(_str(m[1]), _str(m[2]), _flag(m[3]), _versions(m[4]))
+        flags = _int(m[3])
+        if flags > 3:
+            raise PacketError("bad digest flags")
+        return Digest(_str(m[1]), _str(m[2]), bool(flags & 1), _versions(m[4]), bool(flags & 2))
     if t == T_DELTAS:
         _fields(m, 3)
         return Deltas(_versions(m[1]), _entries(m[2]))
@@ -294,7 +309,7 @@ def _row(r: object) -> MemberRow:
 def decode(data: bytes) -> list[Message]:
     """Messages of one decrypted packet; raises PacketError and nothing else."""
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_bad_constant)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except PacketError:
         raise
     except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:

@@ -43,6 +43,8 @@ class FabricConfig:
     digest_udp_max: int = 900
     #: A digest is sent by UDP to one random peer this often (0 disables).
     udp_sync_interval: float = 1.0
+    #: Owners updated this recently come first in a sampled digest (large clusters).
+    recent_window: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval"):
@@ -75,6 +77,7 @@ class FabricConfig:
             stream_timeout=2.0,
             join_timeout=2.0,
             udp_sync_interval=0.2,
+            recent_window=10.0,
         )
 
     @classmethod

@@ -164,6 +164,7 @@ class Engine:
         self._acks: dict[int, _Probe] = {}
         self._seq = self.rng.randrange(1 << 30)
         self._joins: dict[int, Callable[[str], None]] = {}
+        self._recent: dict[str, float] = {}  # owner -> when an update of it was last seen
         self._known: dict[str, float] = {}  # addr -> last time it was worth re-joining
         self._version = max(0, version_floor - 1)
         self._reserved = self._version
@@ -221,6 +222,7 @@ class Engine:
             raise ValueError("a key is 1..1024 characters")
         version = self.next_version()
         entry = self.store.set_own(self.name, key, value, version, deleted)
+        self._recent[self.name] = self.sched.now()
         self.bq.queue(("s", self.name, key), entry)
         self._emit(Change(self.name, key, None if deleted else value, version))
         return version
@@ -256,8 +258,14 @@ class Engine:
     def live_count(self) -> int:
         return len(self._live) + 1
 
-    def join(self, addrs: Iterable[str], on_reply: Callable[[str], None] | None = None) -> None:
-        """Send a join push-pull to each address; ``on_reply(addr)`` for each answer."""
+    def join(
+        self, addrs: Iterable[str], on_reply: Callable[[str], None] | None = None
+    ) -> list[int]:
+        """Send a join push-pull to each address; ``on_reply(addr)`` for each answer.
+
+        Returns the join ids, for :meth:`forget_joins` once the caller stops waiting.
+        """
+        nonces: list[int] = []
         for addr in addrs:
             if addr == self.addr:
                 continue
@@ -265,10 +273,13 @@ class Engine:
             nonce = self._next_seq()
             if on_reply is not None:
                 self._joins[nonce] = on_reply
+                nonces.append(nonce)
             self._send_stream(addr, [self._push_pull(nonce, join=True, reply=False)])
+        return nonces
 
-    def cancel_join(self) -> None:
-        self._joins.clear()
+    def forget_joins(self, nonces: Iterable[int]) -> None:
+        for n in nonces:
+            self._joins.pop(n, None)
 
     def leave(self) -> None:
         """Announce a graceful leave: a dead message about ourselves, from ourselves."""
@@ -663,36 +674,65 @@ class Engine:
         return [o for o in self.store.owners() if self.visible(o)]
 
     def _udp_sync_tick(self) -> float:
+        """Scuttlebutt by UDP with one random peer: the whole digest if it fits a packet,
+        else a sample (owners changed recently first), so a member that missed an eager
+        push catches up in seconds rather than at the next push-pull."""
         c = self.cfg
-        if len(self._live) * 12 >= c.digest_udp_max:
-            return c.udp_sync_interval * 10  # too many owners for a packet: push-pull does it
         peers = self._pick(1)
-        if peers:
-            digest = Digest(self.name, self.addr, True, self.store.digest(self._visible_owners()))
-            if codec.wire_size(digest) <= c.digest_udp_max:
-                self._send_packet(self.members[peers[0]].addr, [digest], piggyback=False)
+        if not peers:
+            return c.udp_sync_interval
+        owners = self._visible_owners()
+        digest = self.store.digest(owners)
+        msg = Digest(self.name, self.addr, True, digest)
+        if codec.wire_size(msg) > c.digest_udp_max:
+            now = self.sched.now()
+            horizon = now - c.recent_window
+            for o in [o for o, t in self._recent.items() if t < horizon]:
+                del self._recent[o]
+            recent = [o for o in self._recent if o in digest]
+            self.rng.shuffle(recent)
+            sample: dict[str, int] = {}
+            size = 64
+            for o in recent + [owners[int(self.rng.random() * len(owners))] for _ in range(64)]:
+                if o in sample:
+                    continue
+                size += len(o) + 24
+                if size > c.digest_udp_max:
+                    break
+                sample[o] = digest[o]
+            msg = Digest(self.name, self.addr, True, sample, partial=True)
+        self._send_packet(self.members[peers[0]].addr, [msg], piggyback=False)
         return c.udp_sync_interval
 
     def _on_digest(self, d: Digest) -> None:
         out: list[Message] = []
         budget = self.cfg.packet_budget - 16
+        if d.partial:
+            owners = [o for o in d.versions if self.visible(o)]
+        else:
+            owners = self._visible_owners()
         if d.reply:
-            mine = Digest(self.name, self.addr, False, self.store.digest(self._visible_owners()))
+            if d.partial:  # the same owners back, with 0 for those we hold nothing of
+                wm = self.store.watermark
+                mine = Digest(self.name, self.addr, False, {o: wm(o) for o in owners}, True)
+            else:
+                mine = Digest(self.name, self.addr, False, self.store.digest(owners))
             if codec.wire_size(mine) <= self.cfg.digest_udp_max:
                 out.append(mine)
                 budget -= codec.wire_size(mine)
-        deltas = self._deltas_for(d.versions, budget)
-        if self._cut(deltas, d.versions):
+        deltas = self.store.deltas(d.versions, owners, budget, self.rng)
+        if self._cut(deltas, d.versions, owners):
             # More than a packet holds: the whole difference goes by TCP instead.
-            self._send_stream(d.src_addr, [self._deltas_for(d.versions, None)])
+            full = self.store.deltas(d.versions, owners, None, self.rng)
+            self._send_stream(d.src_addr, [full])
         elif deltas.entries or deltas.watermarks:
             out.append(deltas)
         if out:
             self._send_packet(d.src_addr, out, piggyback=False)
 
-    def _cut(self, deltas: Deltas, peer: dict[str, int]) -> bool:
+    def _cut(self, deltas: Deltas, peer: dict[str, int], owners: list[str]) -> bool:
         """Whether ``deltas`` leave out something the peer lacks (the budget cut them)."""
-        for owner in self._visible_owners():
+        for owner in owners:
             mine = self.store.watermark(owner)
             if mine > peer.get(owner, 0) and deltas.watermarks.get(owner, 0) < mine:
                 return True
@@ -716,6 +756,7 @@ class Engine:
         if m is None:
             return
         if self.store.apply(e):
+            self._recent[e.owner] = self.sched.now()
             if rebroadcast:
                 self.bq.queue(("s", e.owner, e.key), e)
             if m.state in (ALIVE, SUSPECT):
@@ -789,6 +830,9 @@ class Engine:
                 if self._addr_owner.get(m.addr) == name:
                     del self._addr_owner[m.addr]
                 self.store.drop(name)
+        recent = now - self.cfg.recent_window
+        for o in [o for o, t in self._recent.items() if t < recent]:
+            del self._recent[o]
         horizon = now - self.cfg.rejoin_forget_after
         for addr in [a for a, t in self._known.items() if t < horizon]:
             del self._known[addr]

@@ -158,10 +158,13 @@ class Fabric:
             if len(answered) >= len(wanted):
                 done.set()
 
-        self.engine.join(sorted(wanted), on_reply)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.join_timeout):
-                await done.wait()
+        nonces = self.engine.join(sorted(wanted), on_reply)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.join_timeout):
+                    await done.wait()
+        finally:
+            self.engine.forget_joins(nonces)
         return len(answered)
 
     async def leave(self) -> None:

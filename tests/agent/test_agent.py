@@ -185,7 +185,8 @@ async def test_local_api(mesh: Mesh) -> None:
             assert hashlib.sha256(await resp.read()).hexdigest() == mesh.digest
         async with s.get(base + "/metrics", headers=auth) as resp:
             text = await resp.text()
-            assert 'myco_instances{' in text and 'phase="ready"' in text, text
+            ready = [ln for ln in text.splitlines() if ln.startswith("myco_instances{")]
+            assert any('phase="ready"' in ln and ln.endswith(" 1.0") for ln in ready), text
         async with s.get(base + "/v1/logs/web-1", headers=auth) as resp:
             assert "starting web-1 on port" in await resp.text()
         # a rotated file comes first; ``since`` leaves out files written before it

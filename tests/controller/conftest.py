@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,3 +214,13 @@ async def loopback(tmp_path: Path) -> AsyncIterator[LoopbackMesh]:
                 await mesh.close()
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _keep_myco_logging() -> Iterator[None]:
+    """The CLI configures the ``myco`` logger for its process; tests calling main() must
+    not leave it writing to a captured stream that pytest closes afterwards."""
+    root = logging.getLogger("myco")
+    saved = (root.handlers[:], root.level, root.propagate)
+    yield
+    root.handlers[:], root.level, root.propagate = saved

@@ -61,6 +61,9 @@ async def test_verbs_through_the_active_reconciler(
     await async_wait_for(n1_sees_everything, within=10, what="n1 sees the reconciler's records")
 
     # diff: the watched garden makes no difference, an edited copy does.
+    from reconciler.controller.remote import snapshot
+    snap = await snapshot(agent_url)
+    print("DBGS", agent_url, len(snap.entries), sorted(set(k for _, k in snap.entries))[:20], flush=True)
     code = await cli("diff", str(mesh.garden), "--repo", str(mesh.repo.root), *mesh_args)
     assert code == 0, capsys.readouterr()
     other = tmp_path / "other"

@@ -90,3 +90,5 @@ async def test_edge_process_joins_with_a_key_and_publishes_stats(
         assert {"errors_5xx", "p50_ms", "p99_ms", "rps"} <= set(got.apps["app"])
         code, err = edge.stop()
         assert code == 0, err
+        assert "stats app=app requests=" in err  # the per-app line, logged without -v
+        assert "Traceback" not in err

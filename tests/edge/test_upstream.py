@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
-from reconciler.edge.server import RunningEdge
+from reconciler.edge.config import EdgeConfig, Timeouts
+from reconciler.edge.server import RunningEdge, running_edge
 from reconciler.records import Backend, RouteRecord
 
 Answer = Callable[[int, bytes], Awaitable[bytes | None]]  # (nth request on conn, head) -> reply
@@ -138,3 +140,51 @@ async def test_garbage_from_the_backend_is_502(
     edge.set_routes([RouteRecord("app", "/app", backends=(Backend("raw", b.endpoint),))])
     async with client.get(f"{edge.url}/app/x") as resp:
         assert resp.status == 502
+
+
+async def test_a_body_cut_short_by_the_backend_is_cut_short_for_the_client(
+    edge: RunningEdge,
+    raw_backend: Callable[[Answer], Awaitable[RawBackend]],
+    client: aiohttp.ClientSession,
+) -> None:
+    """A truncated answer must never reach the client looking complete."""
+    big = b"x" * 200_000
+    reply = (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(big):x}\r\n".encode()
+        + big[:100_000]
+    )
+
+    async def answer(nth: int, head: bytes) -> bytes | None:
+        return reply  # then the connection closes, mid-chunk
+
+    b = await raw_backend(answer)
+    edge.set_routes([RouteRecord("app", "/app", backends=(Backend("raw", b.endpoint),))])
+    async with client.get(f"{edge.url}/app/x") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_a_silent_backend_gives_504_after_the_read_timeout(
+    edge_config: EdgeConfig,
+    raw_backend: Callable[[Answer], Awaitable[RawBackend]],
+    client: aiohttp.ClientSession,
+) -> None:
+    never = asyncio.Event()
+
+    async def answer(nth: int, head: bytes) -> bytes | None:
+        await never.wait()  # released at the end, so the handler ends
+        return None
+
+    b = await raw_backend(answer)
+    config = replace(edge_config, timeouts=Timeouts(connect=1.0, read=0.3, total=0))
+    try:
+        async with running_edge(config) as edge:
+            edge.set_routes([RouteRecord("app", "/app", backends=(Backend("raw", b.endpoint),))])
+            async with client.get(f"{edge.url}/app/x") as resp:
+                assert resp.status == 504
+            async with client.post(f"{edge.url}/app/x", data=b"body") as resp:
+                assert resp.status == 504
+    finally:
+        never.set()

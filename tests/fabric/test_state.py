@@ -8,6 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.fabric.api import JSONValue
 from reconciler.fabric.codec import Entry, encode
 from reconciler.fabric.config import FabricConfig
 from reconciler.fabric.sim import SimCluster
@@ -164,7 +165,7 @@ def test_a_value_too_big_for_a_packet_spreads_over_tcp() -> None:
     for o in others:
         o.join([first.addr])
     assert sim.run_until(sim.full_mesh, within=5)
-    big = {"blob": "x" * 5000}
+    big: JSONValue = {"blob": "x" * 5000}
     first.publish("garden", big)
     assert first.bq.transmits(("s", "a", "garden")) is None  # not gossiped in packets
     # Well before the next push-pull: the UDP digest exchange hands over to TCP.
@@ -172,3 +173,27 @@ def test_a_value_too_big_for_a_packet_spreads_over_tcp() -> None:
         lambda: all(o.get("a", "garden") == big for o in others),
         within=LOCAL.udp_sync_interval * 10,
     )
+
+
+def test_a_member_that_missed_the_eager_push_catches_up_by_sampled_digests() -> None:
+    # 80 owners: the digest no longer fits a packet, so members exchange samples of it.
+    cfg = LOCAL.with_(push_pull_interval=600.0)  # rule out the TCP full sync
+    sim = SimCluster(cfg)
+    nodes = [sim.add(f"m{i}") for i in range(80)]
+    for n in nodes:
+        for o in nodes:
+            if o is not n:
+                n.seed_member(o.name, o.addr)
+    for n in nodes:
+        n.publish("node", {"n": n.name})
+    sim.run(3)
+    deaf = nodes[5]
+    for n in nodes:
+        if n is not deaf:
+            sim.net.block(n.addr, deaf.addr)
+    nodes[0].publish("routes/app", {"v": 2})
+    sim.run(0.5)  # the eager push is over (its retransmit budget spent) ...
+    assert nodes[0].bq.transmits(("s", "m0", "routes/app")) is None
+    assert deaf.get("m0", "routes/app") is None  # ... and it never reached m5
+    sim.net.heal()
+    assert sim.run_until(lambda: deaf.get("m0", "routes/app") == {"v": 2}, within=10)
