@@ -259,7 +259,7 @@ def app_lines(status: MeshStatus) -> list[str]:
     """One line per app: what a person watching ``myco up`` wants to see change."""
     lines = []
     for app in status.apps:
-        rollout = f", {app.rollout}" if app.rollout else ""
+        rollout = f", {app.rollout}" if app.rollout and app.rollout != "idle" else ""
         reason = f" ({app.reason})" if app.reason and app.health != "Healthy" else ""
         lines.append(
             f"{app.name}: {app.sync}/{app.health} {app.ready}/{app.desired} ready{rollout}{reason}"

@@ -50,6 +50,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        if self.path.startswith("/health"):
+            return  # health checks every second would drown the log
         sys.stderr.write(f"{APP}: {self.address_string()} {format % args}\n")
 
 
