@@ -110,11 +110,20 @@ class LocalMesh:
                 self.proc.wait(timeout=10)
 
 
-def start_mesh(tmp_path: Path, nodes: int = 3, manifest: str | None = None) -> LocalMesh:
+def start_mesh(
+    tmp_path: Path,
+    nodes: int = 3,
+    manifest: str | None = None,
+    garden: dict[str, str] | None = None,
+    workloads: tuple[str, ...] = ("billing",),
+) -> LocalMesh:
+    """A mesh on a fresh garden: ``garden`` maps file names to text (default: billing)."""
     root = tmp_path / "repo"
     (root / "garden").mkdir(parents=True)
-    shutil.copytree(ROOT / "workloads" / "billing", root / "workloads" / "billing")
-    (root / "garden" / "billing.yaml").write_text(manifest or billing_manifest())
+    for name in workloads:
+        shutil.copytree(ROOT / "workloads" / name, root / "workloads" / name)
+    for name, text in (garden or {"billing.yaml": manifest or billing_manifest()}).items():
+        (root / "garden" / name).write_text(text)
     # A garden lives in a Git work tree: its root bounds where `source` may point.
     subprocess.run(["git", "init", "-q", str(root)], check=True, timeout=30)
     state = tmp_path / "state"
@@ -154,13 +163,17 @@ def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
 
 
 def wait_serving(
-    mesh: LocalMesh, instances: int, version: str = "1.0.0", timeout: float = 60
+    mesh: LocalMesh,
+    instances: int,
+    version: str = "1.0.0",
+    timeout: float = 60,
+    app: str = "billing",
 ) -> set[str]:
     """Wait until the edge answers from ``instances`` distinct instances of ``version``."""
     seen: set[str] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = get_json(f"{mesh.url}/billing/hello")
+        status, body = get_json(f"{mesh.url}/{app}/hello")
         if status == 200 and body.get("version") == version:
             seen.add(str(body.get("instance")))
             if len(seen) >= instances:

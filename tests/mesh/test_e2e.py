@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 
@@ -12,7 +13,7 @@ import psutil
 import pytest
 
 from bench.loadgen import Load
-from bench.localmesh import LocalMesh, billing_manifest, get_json, start_mesh, wait_serving
+from bench.localmesh import ROOT, LocalMesh, billing_manifest, get_json, start_mesh, wait_serving
 from tests.helpers import wait_for
 from tests.mesh.conftest import assert_nothing_left
 
@@ -113,3 +114,22 @@ async def test_node_death_replaces_its_instances(local_mesh):
         await asyncio.to_thread(wait_serving, mesh, 2)
         await asyncio.sleep(0.5)
     assert not load.result.failed, load.result.failed[:5]
+
+
+@pytest.mark.skipif(
+    not shutil.which("node"), reason="Node.js is not installed (apt-get install nodejs)"
+)
+def test_a_workload_that_is_not_python(tmp_path):
+    """The spore's command is a Node.js script run through its shebang: any executable works."""
+    greeter = (ROOT / "examples" / "polyglot" / "greeter.yaml").read_text()
+    greeter = greeter.replace("../../workloads/greeter", "../workloads/greeter")
+    mesh = start_mesh(tmp_path, garden={"greeter.yaml": greeter}, workloads=("greeter",))
+    try:
+        seen = wait_serving(mesh, instances=2, app="greeter")
+        assert len(seen) == 2
+        status, body = get_json(f"{mesh.url}/greeter/hello")
+        assert status == 200
+        assert str(body["runtime"]).startswith("node v")
+    finally:
+        mesh.stop()
+    assert_nothing_left(mesh)
