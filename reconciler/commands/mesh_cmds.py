@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.mesh.up import UpOptions
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -36,6 +39,28 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument("--timeout", type=float, default=60.0, metavar="S", help="(60)")
     d.set_defaults(func=_down)
 
+    r = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the seed's form: run one spore from a repo on a local mesh",
+        description="Verify spore DIGEST from the repo and run it as APP on a local mesh "
+        "(as `myco up`, with a one-app garden made from the spore).",
+    )
+    r.add_argument("--repo", required=True, metavar="DIR", help="the spore repo")
+    r.add_argument("--digest", required=True, metavar="SHA256", help="the spore to run")
+    r.add_argument("--app", required=True, metavar="NAME", help="its app name")
+    r.add_argument("--instances", type=int, default=1, metavar="N", help="(1)")
+    r.add_argument("--nodes", type=int, default=3, metavar="N", help="agents to run (3)")
+    r.add_argument("--edge", default="127.0.0.1:8080", metavar="[HOST]:PORT", help="(:8080)")
+    r.add_argument(
+        "--trust",
+        nargs="+",
+        metavar="FILE",
+        help="public keys / trust policies the spore must pass (default: the mesh identity's)",
+    )
+    r.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
+    r.set_defaults(func=_run)
+
     i = sub.add_parser(
         "init",
         parents=[common],
@@ -52,7 +77,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from reconciler.mesh.layout import state_dir
-    from reconciler.mesh.up import UpOptions, install_stop_handlers, run_up
+    from reconciler.mesh.up import UpOptions
 
     opts = UpOptions(
         garden=Path(args.garden).resolve(),
@@ -63,6 +88,35 @@ def _up(args: argparse.Namespace) -> int:
     )
     if args.detach:
         return _detach(args, opts.state)
+    return _run_mesh(opts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from reconciler.mesh.identity import ensure_identity
+    from reconciler.mesh.layout import state_dir
+    from reconciler.mesh.run import prepare_run_garden
+    from reconciler.mesh.up import UpOptions
+
+    state = state_dir(args.state)
+    edge = args.edge if not args.edge.startswith(":") else "127.0.0.1" + args.edge
+    if args.instances < 0:
+        raise UsageError("run: --instances must be 0 or more")
+    state.mkdir(parents=True, exist_ok=True)
+    ident, created = ensure_identity(state / "identity")
+    if created:
+        print(f"myco: created a dev identity in {ident.root}")
+    trust = [Path(t) for t in args.trust] if args.trust else [ident.trust]
+    garden = prepare_run_garden(
+        Path(args.repo), args.digest, args.app, args.instances, trust, state
+    )
+    print(f"myco: spore {args.digest[:12]} verified; running {args.instances} x {args.app}")
+    opts = UpOptions(garden=garden, state=state, nodes=args.nodes, edge=edge, verbose=args.verbose)
+    return _run_mesh(opts)
+
+
+def _run_mesh(opts: UpOptions) -> int:
+    """Run a mesh in the foreground until Ctrl-C (or SIGTERM from `myco down`)."""
+    from reconciler.mesh.up import install_stop_handlers, run_up
 
     def say(msg: str) -> None:
         print(f"myco: {msg}", flush=True)

@@ -2,7 +2,8 @@
 
 Routes: ``/ws`` echoes WebSocket messages; ``/upload`` counts and hashes a streamed body;
 ``/download/{n}`` streams n bytes; ``/status/{code}`` answers that code; ``/drop`` reads
-the body then drops the connection without answering; anything else answers JSON with
+the body then drops the connection without answering; ``/gate`` answers once ``gate`` is
+set; anything else answers JSON with
 the backend's name, the path, the query and the headers it got. ``fail_with`` (when set)
 makes every plain request answer that status.
 """
@@ -28,6 +29,8 @@ class Backend:
     hits: list[tuple[str, str]] = field(default_factory=list)
     fail_with: int | None = None
     runner: web.AppRunner | None = None
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # /gate waits on it
+    waiting: int = 0
 
     @property
     def endpoint(self) -> str:
@@ -103,6 +106,12 @@ def make_app(backend: Backend) -> web.Application:
         request.transport.abort()
         raise asyncio.CancelledError  # nothing more to say on this connection
 
+    async def gate(request: web.Request) -> web.Response:
+        backend.hits.append((request.method, request.path))
+        backend.waiting += 1
+        await backend.gate.wait()
+        return web.Response(text=f"{backend.name} passed the gate")
+
     async def ws(request: web.Request) -> web.WebSocketResponse:
         backend.hits.append((request.method, request.path))
         sock = web.WebSocketResponse(protocols=("chat",))
@@ -116,6 +125,7 @@ def make_app(backend: Backend) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/ws", ws)
+    app.router.add_get("/gate", gate)
     app.router.add_post("/upload", upload)
     app.router.add_get("/download/{n}", download)
     app.router.add_route("*", "/status/{code}", status)

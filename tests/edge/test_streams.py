@@ -8,8 +8,10 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from reconciler.edge.server import RunningEdge
+from reconciler.edge.config import EdgeConfig
+from reconciler.edge.server import RunningEdge, running_edge
 from tests.edge.conftest import StartBackends, route
+from tests.helpers import async_wait_for
 
 
 async def test_websocket_echo_passes_through(
@@ -80,3 +82,39 @@ async def test_route_changes_under_load_fail_no_request(
     assert served["new1"] > 0
     assert served["new2"] > 0
     assert sum(statuses.values()) >= 500
+
+
+async def test_stopping_the_edge_lets_requests_in_flight_finish(
+    edge_config: EdgeConfig, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    (a,) = await backends("a")
+    async with running_edge(edge_config) as edge:
+        edge.set_routes([route("app", (a, 1))])
+        url = f"{edge.url}/app/gate"
+
+        async def slow() -> tuple[int, str]:
+            async with client.get(url) as resp:
+                return resp.status, await resp.text()
+
+        in_flight = asyncio.create_task(slow())
+        await async_wait_for(lambda: a.waiting == 1, what="the request to reach the backend")
+        # open the gate only once the edge is shutting down (its listener is closed)
+        opener = asyncio.create_task(_open_when_refused(edge.port, a.gate))
+    # the edge waited for the request in flight before it finished stopping
+    assert in_flight.done()
+    assert in_flight.result() == (200, "a passed the gate")
+    await opener
+
+
+async def _open_when_refused(port: int, gate: asyncio.Event) -> None:
+    async def refused() -> bool:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        w.close()
+        await w.wait_closed()
+        return False
+
+    await async_wait_for(refused, what="the edge to stop accepting")
+    gate.set()
