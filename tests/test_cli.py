@@ -28,3 +28,44 @@ def test_python_dash_m_runs():
     )
     assert out.returncode == 0
     assert out.stdout.startswith("myco ")
+
+
+def _leaf_parsers(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    yield from _leaf_parsers(sub, (*path, name))
+                else:
+                    yield (*path, name), sub
+
+
+def test_every_verb_takes_verbose_and_json_logs():
+    from reconciler.cli import build_parser
+
+    leaves = dict(_leaf_parsers(build_parser()))
+    assert {("up",), ("agent",), ("edge",), ("reconcile",), ("validate",), ("repo", "ls")} <= set(
+        leaves
+    )
+    for path, sub in leaves.items():
+        options = {o for a in sub._actions for o in a.option_strings}
+        assert {"-v", "--log-format"} <= options, path
+
+
+def test_json_log_lines_are_json(tmp_path):
+    import json
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    assert main(["keygen", "--out", str(tmp_path), "--name", "k"]) == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "build", str(root / "garden" / "billing.yaml"),
+         "--key", str(tmp_path / "k.key"), "--out", str(tmp_path / "out"),
+         "-v", "--log-format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stderr.splitlines()]
+    assert records
+    assert {"ts", "level", "logger", "msg"} <= set(records[0])
