@@ -11,9 +11,11 @@ all measured in one run on this machine:
 * ``p99_added_ms``: p99 through myco minus p99 direct, both at half of myco's maximum
   rate (wrk paced with a per-connection ``delay()``).
 
-The myco edge is measured on every event loop asked for (``--loops uvloop,asyncio``); the
-flat fields are for the first, ``by_loop`` holds each. Every process started is stopped,
-the nginx configuration lives in a temporary directory.
+The myco edge is measured with every front end (``--servers fast,aiohttp``) on every event
+loop asked for (``--loops uvloop,asyncio``); the flat fields are for the first pair,
+``by_server[server][loop]`` holds each (``by_loop``: the first server's). The machine's
+load average before and after the run is reported with the figures. Every process
+started is stopped, the nginx configuration lives in a temporary directory.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ def run(
     loops: tuple[str, ...] = ("uvloop", "asyncio"),
     backend: str = "auto",
     repeat: int = 3,
+    servers: tuple[str, ...] = ("fast", "aiohttp"),
 ) -> dict[str, object]:
     """Measure every target ``repeat`` times, interleaved, and keep the median of each.
 
@@ -258,7 +261,9 @@ def run(
         "load_generator": "wrk" if shutil.which("wrk") else "python-aiohttp",
         "cpus": os.cpu_count(),
         "targets": TARGETS,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    variants = [(srv, lp) for srv in servers for lp in loops]
     with tempfile.TemporaryDirectory(prefix="myco-bench-edge-") as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
         be_port = _free_port()
@@ -272,15 +277,15 @@ def run(
                         proxy_set_header Connection ""; }} }}"""
             stack.enter_context(_nginx(tmp / "proxy", workers, body, nx_port))
             urls["nginx"] = f"http://127.0.0.1:{nx_port}/bench/hello"
-        for loop in loops:
+        for srv, loop in variants:
             port = _free_port()
             args = [
                 sys.executable, "-m", "reconciler", "edge", "--listen", f"127.0.0.1:{port}",
                 "--route", f"bench=127.0.0.1:{be_port}", "--workers", str(workers),
-                "--loop", loop,
+                "--loop", loop, "--server", srv,
             ]  # fmt: skip
             stack.enter_context(_process(args, port))
-            urls[f"myco_{loop}"] = f"http://127.0.0.1:{port}/bench/hello"
+            urls[f"myco_{srv}_{loop}"] = f"http://127.0.0.1:{port}/bench/hello"
         if workers > 1:
             time.sleep(1.0)  # let every worker bind before measuring
         for url in urls.values():
@@ -293,19 +298,20 @@ def run(
         _put(result, "direct", medians["direct"])
         if "nginx" in medians:
             _put(result, "nginx", medians["nginx"])
-        by_loop: dict[str, dict[str, float]] = {}
-        for loop in loops:
-            top = medians[f"myco_{loop}"]
+        by_server: dict[str, dict[str, dict[str, float]]] = {srv: {} for srv in servers}
+        for srv, loop in variants:
+            name = f"myco_{srv}_{loop}"
+            top = medians[name]
             half = top.rps / 2
             paced_conns = max(4, min(connections, 32))
-            myco_half = _paced(urls[f"myco_{loop}"], paced_conns, duration, half)
+            myco_half = _paced(urls[name], paced_conns, duration, half)
             direct_half = _paced(urls["direct"], paced_conns, duration, half)
-            by_loop[loop] = {
+            by_server[srv][loop] = {
                 "rps_myco": round(top.rps, 1),
                 "p50_ms_myco": round(top.p50_ms, 3),
                 "p99_ms_myco": round(top.p99_ms, 3),
-                "errors_myco": sum(x.errors for x in runs[f"myco_{loop}"]),
-                "rps_myco_runs": [round(x.rps, 1) for x in runs[f"myco_{loop}"]],  # type: ignore[dict-item]
+                "errors_myco": sum(x.errors for x in runs[name]),
+                "rps_myco_runs": [round(x.rps, 1) for x in runs[name]],  # type: ignore[dict-item]
                 "half_rate_rps": round(myco_half.rps, 1),
                 "p99_ms_myco_at_half": round(myco_half.p99_ms, 3),
                 "p99_ms_direct_at_half": round(direct_half.p99_ms, 3),
@@ -314,10 +320,12 @@ def run(
         result["rps_direct_runs"] = [round(x.rps, 1) for x in runs["direct"]]
         if "nginx" in runs:
             result["rps_nginx_runs"] = [round(x.rps, 1) for x in runs["nginx"]]
-        result["by_loop"] = by_loop
-    if loops:
-        first = by_loop[loops[0]]
-        result["loop"] = loops[0]
+        result["by_server"] = by_server
+        result["by_loop"] = by_server[variants[0][0]] if variants else {}
+        result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if variants:
+        first = by_server[variants[0][0]][variants[0][1]]
+        result["server"], result["loop"] = variants[0]
         for k in (
             "rps_myco", "p50_ms_myco", "p99_ms_myco", "errors_myco", "p99_added_ms",
             "half_rate_rps", "p99_ms_direct_at_half", "p99_ms_myco_at_half",
@@ -326,8 +334,9 @@ def run(
         if "rps_nginx" in result:
             nginx_rps = float(result["rps_nginx"])  # type: ignore[arg-type]
             result["ratio"] = round(float(first["rps_myco"]) / nginx_rps, 3)
-            for d in by_loop.values():
-                d["ratio"] = round(d["rps_myco"] / nginx_rps, 3)
+            for per_loop in by_server.values():
+                for d in per_loop.values():
+                    d["ratio"] = round(d["rps_myco"] / nginx_rps, 3)
     return result
 
 
@@ -357,15 +366,17 @@ def _table(r: dict[str, object]) -> str:
                 f"{name:<18}{r[f'rps_{key}']:>10}{r[f'p50_ms_{key}']:>10}"
                 f"{r[f'p99_ms_{key}']:>10}{r[f'errors_{key}']:>8}"
             )
-    by_loop = r.get("by_loop") or {}
-    assert isinstance(by_loop, dict)
-    for loop, d in by_loop.items():
-        lines.append(
-            f"{'myco (' + loop + ')':<18}{d['rps_myco']:>10}{d['p50_ms_myco']:>10}"
-            f"{d['p99_ms_myco']:>10}{d['errors_myco']:>8}"
-            f"   ratio {d.get('ratio', '-')}  p99 added at {d['half_rate_rps']} rps: "
-            f"{d['p99_added_ms']} ms"
-        )
+    by_server = r.get("by_server") or {}
+    assert isinstance(by_server, dict)
+    for srv, per_loop in by_server.items():
+        for loop, d in per_loop.items():
+            lines.append(
+                f"{'myco ' + srv + '/' + loop:<18}{d['rps_myco']:>10}{d['p50_ms_myco']:>10}"
+                f"{d['p99_ms_myco']:>10}{d['errors_myco']:>8}"
+                f"   ratio {d.get('ratio', '-')}  p99 added at {d['half_rate_rps']} rps: "
+                f"{d['p99_added_ms']} ms"
+            )
+    lines.append(f"load average before/after: {r['load_average']} / {r.get('load_average_after')}")
     lines.append(f"targets: ratio >= {TARGETS['ratio']}, p99_added_ms <= {TARGETS['p99_added_ms']}")
     return "\n".join(lines)
 
@@ -377,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--loops", default="uvloop,asyncio", help="event loops to run myco on")
+    ap.add_argument(
+        "--servers", default="fast,aiohttp", help="myco front ends to measure (fast, aiohttp)"
+    )
     ap.add_argument("--backend", choices=("auto", "nginx", "python"), default="auto")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs per target (median)")
     args = ap.parse_args(argv)
@@ -387,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         loops=tuple(x for x in args.loops.split(",") if x),
         backend=args.backend,
         repeat=max(1, args.repeat),
+        servers=tuple(x for x in args.servers.split(",") if x),
     )
     print(json.dumps(result, indent=2) if args.json else _table(result))
     return 0

@@ -66,6 +66,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         default="auto",
         help="event loop: uvloop if installed (auto), or force one",
     )
+    p.add_argument(
+        "--server",
+        choices=("fast", "aiohttp"),
+        default="fast",
+        help="client-facing HTTP server: httptools protocol (fast, default) or aiohttp's",
+    )
     p.add_argument("--connect-timeout", type=float, default=2.0, metavar="S")
     p.add_argument("--read-timeout", type=float, default=30.0, metavar="S")
     p.add_argument(
@@ -129,6 +135,7 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         retry=RetryPolicy(max_attempts=1 + args.retries),
         stats_interval_s=args.stats_interval,
         shutdown_grace_s=args.shutdown_grace,
+        server=args.server,
     )
     spec = EdgeRunSpec(
         config=config,

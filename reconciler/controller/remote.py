@@ -20,6 +20,7 @@ import aiohttp
 from reconciler.controller.lease import decide, read_leases
 from reconciler.errors import ConfigError, UnavailableError
 from reconciler.fabric.api import Change, JSONValue, Member
+from reconciler.observe.snapshot import snapshot_from_json
 from reconciler.records import KEY_GARDEN
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -95,11 +96,8 @@ async def snapshot(url: str, token: str | None = None) -> SnapshotFabric:
             items = await resp.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         raise UnavailableError(f"cannot read the fabric from {url}: {exc}") from exc
-    entries: dict[tuple[str, str], JSONValue] = {}
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and "owner" in item and "key" in item:
-            entries[(str(item["owner"]), str(item["key"]))] = item.get("value")
-    return SnapshotFabric(entries)
+    parsed = snapshot_from_json(items)  # raises FabricError on a malformed answer
+    return SnapshotFabric({(e.owner, e.key): e.value for e in parsed.entries})
 
 
 def active_control_url(snap: SnapshotFabric, now: float) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from reconciler.errors import ConfigError
 
@@ -60,6 +61,10 @@ class PoolLimits:
     keepalive_s: float = 4.0
 
 
+ServerKind = Literal["fast", "aiohttp"]
+SERVER_KINDS: tuple[ServerKind, ...] = ("fast", "aiohttp")
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     host: str = "127.0.0.1"
@@ -76,10 +81,14 @@ class EdgeConfig:
     retry_after_s: int = 1
     #: GETs without a body take the lean httptools client when it is installed
     fast_path: bool = True
+    #: the client-facing server: httptools in an asyncio.Protocol, or aiohttp's
+    server: ServerKind = "fast"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"edge: port {self.port} out of range")
+        if self.server not in SERVER_KINDS:
+            raise ConfigError(f"edge: unknown server {self.server!r} (fast or aiohttp)")
         if self.retry.max_attempts < 1:
             raise ConfigError("edge: retry.max_attempts must be at least 1")
         if self.timeouts.connect <= 0 or self.timeouts.read <= 0 or self.timeouts.total < 0:

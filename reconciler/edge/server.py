@@ -15,17 +15,20 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from reconciler.edge.config import EdgeConfig
-from reconciler.edge.proxy import EdgeProxy, make_session
+from reconciler.edge.proxy import HAVE_FAST_PATH, EdgeProxy, make_session
 from reconciler.edge.routing import RouteTable
 from reconciler.edge.source import RouteSource
 from reconciler.edge.stats import EdgeStats
 from reconciler.errors import EdgeError
 from reconciler.records import RouteRecord
+
+if TYPE_CHECKING:
+    from reconciler.edge.fastserver import FastServer
 
 log = logging.getLogger("myco.edge")
 
@@ -57,6 +60,8 @@ class RunningEdge:
     stats: EdgeStats
     proxy: EdgeProxy
     port: int
+    #: the fast front end while it serves (None with the aiohttp server)
+    fast: FastServer | None = None
 
     @property
     def url(self) -> str:
@@ -101,10 +106,6 @@ async def running_edge(
     stats = EdgeStats(time.monotonic())
     session = make_session(config)
     proxy = EdgeProxy(config, table, stats, session)
-    server = web.Server(proxy.handle, access_log=None, keepalive_timeout=75.0)
-    runner = web.ServerRunner(
-        server, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
-    )
     edge = RunningEdge(config, table, stats, proxy, port)
     # Tasks are owned here and cancelled and awaited on the way out. Not a TaskGroup:
     # it would wrap the caller's own exceptions from the ``async with`` body in a group.
@@ -116,13 +117,9 @@ async def running_edge(
             await _wait_ready(ready, tasks[0], ready_timeout)
         tasks.append(asyncio.create_task(_stats_loop(config, stats, stats_sink), name="edge-stats"))
         tasks.append(asyncio.create_task(_sweep_loop(config, proxy), name="edge-pool-sweep"))
-        await runner.setup()
-        try:
-            await web.SockSite(runner, sock).start()
-            log.debug("edge listening on %s:%d", config.host, port)
+        async with _front_end(edge, sock):
+            log.debug("edge (%s server) listening on %s:%d", config.server, config.host, port)
             yield edge
-        finally:
-            await runner.cleanup()  # stop accepting, finish in-flight, close
     finally:
         for t in tasks:
             t.cancel()
@@ -134,6 +131,35 @@ async def running_edge(
         for r in results:
             if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
                 log.error("edge task failed: %s", r)
+
+
+@asynccontextmanager
+async def _front_end(edge: RunningEdge, sock: socket.socket) -> AsyncIterator[None]:
+    """Serve ``sock`` with the configured server; on exit stop it gracefully."""
+    config, proxy = edge.config, edge.proxy
+    if config.server == "fast" and HAVE_FAST_PATH:
+        from reconciler.edge.fastserver import FastServer
+
+        edge.fast = FastServer(proxy)
+        await edge.fast.start(sock)
+        try:
+            yield
+        finally:
+            await edge.fast.shutdown(config.shutdown_grace_s)
+            edge.fast = None
+        return
+    if config.server == "fast":  # pragma: no cover - depends on the installation
+        log.warning("edge: httptools is not installed; serving with aiohttp")
+    server = web.Server(proxy.handle, access_log=None, keepalive_timeout=75.0)
+    runner = web.ServerRunner(
+        server, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
+    )
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield
+    finally:
+        await runner.cleanup()  # stop accepting, finish in-flight, close
 
 
 async def _wait_ready(ready: asyncio.Event, task: asyncio.Task[None], within: float) -> None:

@@ -170,14 +170,19 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         loop = asyncio.get_running_loop()
-        self._headers_done = loop.create_future()
+        done = self._headers_done = loop.create_future()
         self.transport.write(head)
+        # a bare timer, cheaper than asyncio.timeout() on this per-request path
+        timer = loop.call_later(read_timeout, self._no_answer, done)
         try:
-            async with asyncio.timeout(read_timeout):
-                await self._headers_done
-        except TimeoutError:
+            await done
+        finally:
+            timer.cancel()
+
+    def _no_answer(self, done: asyncio.Future[None]) -> None:
+        if not done.done():
+            done.set_exception(UpstreamTimeoutError("backend sent no answer in time"))
             self._abort()
-            raise UpstreamTimeoutError("backend sent no answer in time") from None
 
     async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk, with flow control toward the backend."""

@@ -5,16 +5,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable
 
-from .codec import Message, wire_size
+from .codec import Message, encode_one
 
 
 class _Item:
-    __slots__ = ("transmits", "order", "size", "msg")
+    __slots__ = ("transmits", "order", "size", "msg", "wire")
 
     def __init__(self, order: int, msg: Message) -> None:
         self.transmits = 0
         self.order = order
-        self.size = wire_size(msg)
+        self.wire = encode_one(msg)  # encoded once, sent up to the retransmit limit
+        self.size = len(self.wire) + 1
         self.msg = msg
 
 
@@ -46,18 +47,29 @@ class BroadcastQueue:
 
     def take(self, budget: int, limit: int) -> list[Message]:
         """Messages that fit in ``budget`` bytes; each counts one transmit more."""
+        return [item.msg for item in self._take(budget, limit)]
+
+    def take_wire(self, budget: int, limit: int) -> list[bytes]:
+        """As :meth:`take`, the messages already encoded (see ``codec.join``)."""
+        return [item.wire for item in self._take(budget, limit)]
+
+    def _take(self, budget: int, limit: int) -> list[_Item]:
         if not self._items or budget <= 0:
             return []
-        out: list[Message] = []
-        ordered = sorted(self._items.items(), key=lambda kv: (kv[1].transmits, kv[1].order))
+        out: list[_Item] = []
+        ordered = sorted(self._items.items(), key=_rank)
         for key, item in ordered:
             if item.size > budget:
                 if budget < 64:
                     break
                 continue
             budget -= item.size
-            out.append(item.msg)
+            out.append(item)
             item.transmits += 1
             if item.transmits >= limit:
                 del self._items[key]
         return out
+
+
+def _rank(kv: tuple[Hashable, _Item]) -> tuple[int, int]:
+    return kv[1].transmits, kv[1].order

@@ -62,6 +62,9 @@ class _VirtualHandle:
         self.cancelled = True
 
 
+_NEVER_CANCELLED = _VirtualHandle()  # shared by ``post``: no one holds it to cancel
+
+
 class VirtualScheduler:
     """Virtual time for tests and the simulator: ``run_until`` fires timers in order."""
 
@@ -79,20 +82,34 @@ class VirtualScheduler:
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Handle:
         handle = _VirtualHandle()
-        heapq.heappush(self._heap, (self._now + max(0.0, delay), next(self._seq), fn, handle))
+        when = self._now + delay if delay > 0 else self._now
+        heapq.heappush(self._heap, (when, next(self._seq), fn, handle))
         return handle
+
+    def post(self, delay: float, fn: Callable[[], None]) -> None:
+        """``call_later`` for a timer nobody cancels (the memory network's deliveries)."""
+        when = self._now + delay if delay > 0 else self._now
+        heapq.heappush(self._heap, (when, next(self._seq), fn, _NEVER_CANCELLED))
 
     def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:
         """Fire every timer due up to ``t``; return True early if ``stop()`` becomes true."""
         heap = self._heap
-        while heap and heap[0][0] <= t:
-            when, _, fn, handle = heapq.heappop(heap)
-            if handle.cancelled:
-                continue
-            self._now = when
-            fn()
-            if stop is not None and stop():
-                return True
+        pop = heapq.heappop
+        if stop is None:  # the simulator's long runs: the same loop without the test
+            while heap and heap[0][0] <= t:
+                when, _, fn, handle = pop(heap)
+                if not handle.cancelled:
+                    self._now = when
+                    fn()
+        else:
+            while heap and heap[0][0] <= t:
+                when, _, fn, handle = pop(heap)
+                if handle.cancelled:
+                    continue
+                self._now = when
+                fn()
+                if stop():
+                    return True
         self._now = max(self._now, t)
         return False
 

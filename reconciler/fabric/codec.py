@@ -3,13 +3,19 @@
 A packet (after decryption) is a JSON array of messages; each message is a JSON array
 whose first item is its type code and whose other items are positional fields. Decoding
 checks every type and bound and raises only :class:`~reconciler.errors.PacketError`.
+
+The messages are values: never mutate one (they are shared, e.g. a queued broadcast goes
+out many times). They are not ``frozen`` dataclasses only because a frozen ``__init__``
+costs a ``object.__setattr__`` call per field, and the simulator builds millions of them;
+``unsafe_hash`` keeps them hashable as frozen ones were.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from typing import Any, NamedTuple, TypeAlias
 
 from reconciler.errors import PacketError
 
@@ -24,7 +30,7 @@ ALIVE, SUSPECT, DEAD, LEFT = 0, 1, 2, 3
 STATE_NAMES = ("alive", "suspect", "dead", "left")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ping:
     seq: int
     target: str
@@ -32,7 +38,7 @@ class Ping:
     src_addr: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PingReq:
     seq: int
     target: str
@@ -42,38 +48,38 @@ class PingReq:
     nack: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Ack:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Nack:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Alive:
     name: str
     addr: str
     inc: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Suspect:
     name: str
     inc: int
     src: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Dead:
     name: str
     inc: int
     src: str  # == name: a graceful leave
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
     """One versioned key of one owner; ``deleted`` makes it a tombstone."""
 
@@ -84,7 +90,7 @@ class Entry:
     value: JSONValue
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Digest:
     """Scuttlebutt digest: owner -> highest version known without gaps.
 
@@ -99,7 +105,7 @@ class Digest:
     partial: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Deltas:
     """Entries newer than a digest, oldest first per owner, and the sender's watermarks."""
 
@@ -107,15 +113,16 @@ class Deltas:
     entries: tuple[Entry, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class MemberRow:
+class MemberRow(NamedTuple):
+    """One member in a push-pull (a named tuple: a push-pull carries the whole list)."""
+
     name: str
     addr: str
     inc: int
     state: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PushPull:
     """Full membership and state sync over the stream transport (join, periodic, rejoin)."""
 
@@ -172,7 +179,7 @@ def to_wire(msg: Message) -> list[Any]:
         1 if msg.reply else 0,
         msg.src,
         msg.src_addr,
-        [[m.name, m.addr, m.inc, m.state] for m in msg.members],
+        msg.members,  # tuples of (name, addr, inc, state): encoded as arrays
         msg.digest,
         msg.deltas.watermarks,
         [_entry_list(e) for e in msg.deltas.entries],
@@ -180,14 +187,39 @@ def to_wire(msg: Message) -> list[Any]:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# The C encoder built once (``JSONEncoder.encode`` builds one per call): same output.
+# Without a circular-reference check (markers=None), which the values never need; a
+# circular value still fails, as RecursionError turned into the same ValueError.
+_C_ENCODE = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, False
+    )
+)
 
 
 def dumps(obj: object) -> bytes:
-    return _ENCODER.encode(obj).encode()
+    if _C_ENCODE is None:  # pragma: no cover - CPython always has the C encoder
+        return _ENCODER.encode(obj).encode()
+    try:
+        return "".join(_C_ENCODE(obj, 0)).encode()
+    except RecursionError as exc:
+        raise ValueError("Circular reference detected") from exc
+
+
+def encode_one(msg: Message) -> bytes:
+    """The encoding of one message, as it appears inside a packet."""
+    return dumps(to_wire(msg))
+
+
+def join(parts: list[bytes]) -> bytes:
+    """A packet of already encoded messages: the same bytes as :func:`encode`."""
+    return b"[" + b",".join(parts) + b"]"
 
 
 def encode(messages: list[Message]) -> bytes:
-    return dumps([to_wire(m) for m in messages])
+    return join([dumps(to_wire(m)) for m in messages])
 
 
 def wire_size(msg: Message) -> int:
@@ -203,6 +235,7 @@ def _bad_constant(name: str) -> None:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_bad_constant)
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def _int(v: object) -> int:
@@ -279,10 +312,7 @@ def _message(m: object) -> Message:
         return Deltas(_versions(m[1]), _entries(m[2]))
     if t == T_PUSHPULL:
         _fields(m, 10)
-        rows = m[6]
-        if type(rows) is not list:
-            raise PacketError("bad member list")
-        members = tuple(_row(r) for r in rows)
+        members = _rows(m[6])
         deltas = Deltas(_versions(m[8]), _entries(m[9]))
         return PushPull(
             _int(m[1]), _flag(m[2]), _flag(m[3]), _str(m[4]), _str(m[5]), members,
@@ -297,19 +327,46 @@ def _entries(v: object) -> tuple[Entry, ...]:
     return tuple(_entry(e) for e in v)
 
 
-def _row(r: object) -> MemberRow:
-    if type(r) is not list or len(r) != 4:
-        raise PacketError("bad member row")
-    state = _int(r[3])
-    if state > LEFT:
-        raise PacketError("bad member state")
-    return MemberRow(_str(r[0]), _str(r[1]), _int(r[2]), state)
+def _rows(v: object) -> tuple[MemberRow, ...]:
+    """A push-pull's member list: the checks of ``_str``/``_int`` inlined (1000s of rows)."""
+    if type(v) is not list:
+        raise PacketError("bad member list")
+    out: list[MemberRow] = []
+    new = _new_row
+    for r in v:
+        if type(r) is not list or len(r) != 4:
+            raise PacketError("bad member row")
+        name, addr, inc, state = r
+        if type(name) is not str or not 0 < len(name) <= MAX_NAME:
+            raise PacketError("expected a non-empty short string")
+        if type(addr) is not str or not 0 < len(addr) <= MAX_NAME:
+            raise PacketError("expected a non-empty short string")
+        if type(inc) is not int or not 0 <= inc <= MAX_INT:
+            raise PacketError("expected a non-negative integer")
+        if type(state) is not int or not 0 <= state <= LEFT:
+            raise PacketError("bad member state")
+        out.append(new(MemberRow, r))
+    return tuple(out)
+
+
+_new_row = tuple.__new__
 
 
 def decode(data: bytes) -> list[Message]:
     """Messages of one decrypted packet; raises PacketError and nothing else."""
     try:
-        obj = _DECODER.decode(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        if text and text[0] == "[" and text[-1] == "]":
+            # What ``JSONDecoder.decode`` does, minus its whitespace skipping (our
+            # packets have none; anything else takes the full path below).
+            try:
+                obj, end = _SCAN(text, 0)
+            except StopIteration as exc:
+                raise PacketError("undecodable packet: JSONDecodeError") from exc
+            if end != len(text):
+                raise PacketError("undecodable packet: extra data")
+        else:
+            obj = _DECODER.decode(text)
     except PacketError:
         raise
     except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:

@@ -322,10 +322,15 @@ class Engine:
     def _dispatch(self, msg: Message, stream: bool) -> None:
         if not self._running:
             return
+        # Commonest first: probes and acks, then the anti-entropy exchange.
         if isinstance(msg, Ping):
             self._on_ping(msg, stream)
         elif isinstance(msg, Ack):
             self._on_ack(msg.seq)
+        elif isinstance(msg, Digest):
+            self._on_digest(msg)
+        elif isinstance(msg, Deltas):
+            self._apply_deltas(msg)
         elif isinstance(msg, Entry):
             self._apply_entry(msg, rebroadcast=True)
         elif isinstance(msg, Alive):
@@ -340,10 +345,6 @@ class Engine:
             p = self._acks.get(msg.seq)
             if p is not None and p.on_nack is not None:
                 p.on_nack()
-        elif isinstance(msg, Digest):
-            self._on_digest(msg)
-        elif isinstance(msg, Deltas):
-            self._apply_deltas(msg)
         elif isinstance(msg, PushPull):
             self._on_push_pull(msg)
 
@@ -354,11 +355,14 @@ class Engine:
         return self._seq
 
     def _send_packet(self, addr: str, msgs: list[Message], piggyback: bool = True) -> None:
-        budget = self.cfg.packet_budget
+        self._send_parts(addr, [codec.encode_one(m) for m in msgs], piggyback)
+
+    def _send_parts(self, addr: str, parts: list[bytes], piggyback: bool = True) -> None:
+        """Send encoded messages in one packet, with broadcasts piggybacked if asked."""
         if piggyback and len(self.bq):
-            used = 2 + sum(codec.wire_size(m) for m in msgs)
-            msgs = msgs + self.bq.take(budget - used, self._limit())
-        data = seal(self.keyring, codec.encode(msgs), self.cluster)
+            used = 2 + sum(len(p) + 1 for p in parts)
+            parts += self.bq.take_wire(self.cfg.packet_budget - used, self._limit())
+        data = seal(self.keyring, codec.join(parts), self.cluster)
         self.stats.packets_out += 1
         self.stats.bytes_out += len(data)
         self.transport.send_packet(addr, data)
@@ -602,6 +606,7 @@ class Engine:
 
         def finish() -> None:
             self._acks.pop(seq, None)
+            probe.on_ack = probe.on_nack = None  # unreachable now; no cycle left for the gc
             if probe.acked or not self._running:
                 return
             delta = 0
@@ -648,6 +653,7 @@ class Engine:
 
         def expire() -> None:
             self._acks.pop(seq, None)
+            done.on_ack = None  # unreachable now; no cycle left for the gc
             if not done.acked and r.nack:
                 self._send_packet(r.src_addr, [Nack(r.seq)], piggyback=False)
 
@@ -660,10 +666,10 @@ class Engine:
         if not len(self.bq):
             return None  # nothing to gossip: sleep until a broadcast is queued
         for peer in self._pick(self.cfg.gossip_nodes, include_dead=True):
-            msgs = self.bq.take(self.cfg.packet_budget - 2, self._limit())
-            if not msgs:
+            parts = self.bq.take_wire(self.cfg.packet_budget - 2, self._limit())
+            if not parts:
                 break
-            self._send_packet(self.members[peer].addr, msgs, piggyback=False)
+            self._send_parts(self.members[peer].addr, parts, piggyback=False)
         return self.cfg.gossip_interval
 
     def _wake_gossip(self) -> None:
@@ -683,8 +689,8 @@ class Engine:
             return c.udp_sync_interval
         owners = self._visible_owners()
         digest = self.store.digest(owners)
-        msg = Digest(self.name, self.addr, True, digest)
-        if codec.wire_size(msg) > c.digest_udp_max:
+        wire = codec.encode_one(Digest(self.name, self.addr, True, digest))
+        if len(wire) + 1 > c.digest_udp_max:
             now = self.sched.now()
             horizon = now - c.recent_window
             for o in [o for o, t in self._recent.items() if t < horizon]:
@@ -700,12 +706,12 @@ class Engine:
                 if size > c.digest_udp_max:
                     break
                 sample[o] = digest[o]
-            msg = Digest(self.name, self.addr, True, sample, partial=True)
-        self._send_packet(self.members[peers[0]].addr, [msg], piggyback=False)
+            wire = codec.encode_one(Digest(self.name, self.addr, True, sample, partial=True))
+        self._send_parts(self.members[peers[0]].addr, [wire], piggyback=False)
         return c.udp_sync_interval
 
     def _on_digest(self, d: Digest) -> None:
-        out: list[Message] = []
+        out: list[bytes] = []
         budget = self.cfg.packet_budget - 16
         if d.partial:
             owners = [o for o in d.versions if self.visible(o)]
@@ -717,18 +723,19 @@ class Engine:
                 mine = Digest(self.name, self.addr, False, {o: wm(o) for o in owners}, True)
             else:
                 mine = Digest(self.name, self.addr, False, self.store.digest(owners))
-            if codec.wire_size(mine) <= self.cfg.digest_udp_max:
-                out.append(mine)
-                budget -= codec.wire_size(mine)
+            wire = codec.encode_one(mine)
+            if len(wire) + 1 <= self.cfg.digest_udp_max:
+                out.append(wire)
+                budget -= len(wire) + 1
         deltas = self.store.deltas(d.versions, owners, budget, self.rng)
         if self._cut(deltas, d.versions, owners):
             # More than a packet holds: the whole difference goes by TCP instead.
             full = self.store.deltas(d.versions, owners, None, self.rng)
             self._send_stream(d.src_addr, [full])
         elif deltas.entries or deltas.watermarks:
-            out.append(deltas)
+            out.append(codec.encode_one(deltas))
         if out:
-            self._send_packet(d.src_addr, out, piggyback=False)
+            self._send_parts(d.src_addr, out, piggyback=False)
 
     def _cut(self, deltas: Deltas, peer: dict[str, int], owners: list[str]) -> bool:
         """Whether ``deltas`` leave out something the peer lacks (the budget cut them)."""
@@ -777,7 +784,10 @@ class Engine:
     def _push_pull(
         self, nonce: int, join: bool, reply: bool, peer: dict[str, int] | None = None
     ) -> PushPull:
-        rows = tuple(MemberRow(m.name, m.addr, m.inc, m.state) for m in self.members.values())
+        new = tuple.__new__  # MemberRow's own __new__ is a Python call: 1000s of rows
+        rows = tuple(
+            [new(MemberRow, (m.name, m.addr, m.inc, m.state)) for m in self.members.values()]
+        )
         deltas = (
             self._deltas_for(peer, self.cfg.max_stream_bytes // 2)
             if peer is not None
@@ -808,8 +818,17 @@ class Engine:
 
     def _merge_members(self, rows: Iterable[MemberRow]) -> None:
         """memberlist mergeRemoteState: a remote 'dead' only makes us suspect."""
+        members, me = self.members, self.name
         for r in rows:
             if r.state == ALIVE:
+                m = members.get(r.name)
+                if (
+                    m is not None
+                    and r.inc <= m.inc
+                    and r.name != me
+                    and not (m.state >= DEAD and r.addr != m.addr)
+                ):
+                    continue  # what _on_alive would ignore (most rows): no Alive built
                 self._on_alive(Alive(r.name, r.addr, r.inc))
             elif r.state == LEFT:
                 if r.name not in self.members:

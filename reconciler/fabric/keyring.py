@@ -12,7 +12,7 @@ import base64
 import binascii
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -118,10 +118,9 @@ class Keyring:
     # Packets.
 
     def encrypt(self, plaintext: bytes, cluster: bytes) -> bytes:
-        nonce = secrets.token_bytes(NONCE_SIZE)
-        head = bytes((VERSION_AESGCM,))
-        sealed = self._ciphers[self._keys[0]].encrypt(nonce, plaintext, head + cluster)
-        return head + nonce + sealed
+        nonce = _nonce()
+        sealed = self._ciphers[self._keys[0]].encrypt(nonce, plaintext, _HEAD + cluster)
+        return _HEAD + nonce + sealed
 
     def decrypt(self, packet: bytes, cluster: bytes) -> bytes:
         if len(packet) < OVERHEAD or packet[0] != VERSION_AESGCM:
@@ -134,6 +133,37 @@ class Keyring:
             except InvalidTag:
                 continue
         raise PacketError("no key authenticates the packet")
+
+
+_HEAD = bytes((VERSION_AESGCM,))
+_POOL = 4096  # nonces drawn from the OS at a time
+
+
+class _Nonces:
+    """Random 96-bit nonces, drawn from ``os.urandom`` in blocks (one syscall per 4096).
+
+    ``next()`` on a list iterator is atomic under the GIL, so no two callers (threads)
+    get the same nonce; a forked child drops the parent's unused block.
+    """
+
+    def __init__(self) -> None:
+        self._it: Iterator[bytes] = iter(())
+
+    def __call__(self) -> bytes:
+        try:
+            return next(self._it)
+        except StopIteration:
+            buf = os.urandom(NONCE_SIZE * _POOL)
+            self._it = iter([buf[i : i + NONCE_SIZE] for i in range(0, len(buf), NONCE_SIZE)])
+            return next(self._it)
+
+    def reset(self) -> None:
+        self._it = iter(())
+
+
+_nonce = _Nonces()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_nonce.reset)
 
 
 def seal(keyring: Keyring | None, plaintext: bytes, cluster: bytes) -> bytes:

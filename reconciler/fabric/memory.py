@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .clock import Scheduler
 from .transport import Receiver
@@ -38,6 +38,11 @@ class MemoryNetwork:
         self.bytes_sent: defaultdict[str, int] = defaultdict(int)
         self.packets_sent: defaultdict[str, int] = defaultdict(int)
         self._next_port = 1
+        # A delivery is never cancelled: the virtual scheduler's handle-less ``post``.
+        post = getattr(scheduler, "post", None)
+        self._post: Callable[[float, Callable[[], None]], object] = (
+            post if post is not None else scheduler.call_later
+        )
 
     def transport(self, addr: str | None = None) -> MemoryTransport:
         if addr is None:
@@ -79,10 +84,17 @@ class MemoryNetwork:
             return False
         if self._blocked and (src, dst) in self._blocked:
             return False
-        return self._group.get(src, 0) == self._group.get(dst, 0)
+        return not self._group or self._group.get(src, 0) == self._group.get(dst, 0)
 
     def _deliver(self, src: str, dst: str, data: bytes, stream: bool) -> None:
-        reachable = self._reachable(src, dst)
+        down, blocked, group = self._down, self._blocked, self._group  # _reachable, inlined
+        reachable = (
+            src not in down
+            and dst not in down
+            and dst in self._receivers
+            and not (blocked and (src, dst) in blocked)
+            and (not group or group.get(src, 0) == group.get(dst, 0))
+        )
         if reachable or not stream:  # a TCP connect that fails sends no payload
             self.bytes_sent[src] += len(data)
             self.packets_sent[src] += 1
@@ -90,16 +102,20 @@ class MemoryNetwork:
             return
         if not stream and self.loss and self.rng.random() < self.loss:
             return
-        delay = self.latency + self._slow.get(src, 0.0) + self._slow.get(dst, 0.0)
+        if self._slow:
+            delay = self.latency + self._slow.get(src, 0.0) + self._slow.get(dst, 0.0)
+        else:
+            delay = self.latency
         if self.jitter:
             delay += self.rng.random() * self.jitter
+        receivers = self._receivers
+        reachable_at_arrival = self._reachable
 
         def arrive() -> None:
-            if not self._reachable(src, dst):
-                return
-            self._receivers[dst](src, data, stream)
+            if reachable_at_arrival(src, dst):
+                receivers[dst](src, data, stream)
 
-        self.scheduler.call_later(delay, arrive)
+        self._post(delay, arrive)
 
 
 class MemoryTransport:

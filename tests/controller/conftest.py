@@ -164,23 +164,30 @@ class LoopbackMesh:
         )
 
     async def close(self) -> None:
-        for name in list(self.reconcilers):
-            await self.stop_reconciler(name)
-        # Wither everything (an intent from a far newer epoch) so no process outlives us.
-        for node in self.agents:
-            self.seed.publish(intents_key(node), IntentRecord(node, 10**6).to_json())  # type: ignore[arg-type]
-        for node, (agent, task, _) in self.agents.items():
-            await async_wait_for(
-                lambda a=agent, t=task: t.done() or not a.records,  # type: ignore[misc]
-                within=30,
-                what=f"{node} withered",
-            )
-        for agent, task, _ in self.agents.values():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            agent.enforcer.cleanup()
-        await self.stack.aclose()
+        try:
+            for name in list(self.reconcilers):
+                await self.stop_reconciler(name)
+            # Wither everything (an intent from a far newer epoch): no process outlives us.
+            for node in self.agents:
+                record = IntentRecord(node, 10**6).to_json()
+                self.seed.publish(intents_key(node), record)  # type: ignore[arg-type]
+            for node, (agent, task, _) in self.agents.items():
+                print("DBG wait wither", node, agent.records, flush=True)
+                await async_wait_for(
+                    lambda a=agent, t=task: t.done() or not a.records,  # type: ignore[misc]
+                    within=30,
+                    what=f"{node} withered",
+                )
+        finally:
+            print("DBG cancel agents", flush=True)
+            for agent, task, _ in self.agents.values():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                agent.enforcer.cleanup()
+            print("DBG stack close", flush=True)
+            await self.stack.aclose()
+            print("DBG closed", flush=True)
 
 
 @pytest.fixture

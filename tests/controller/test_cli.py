@@ -61,9 +61,6 @@ async def test_verbs_through_the_active_reconciler(
     await async_wait_for(n1_sees_everything, within=10, what="n1 sees the reconciler's records")
 
     # diff: the watched garden makes no difference, an edited copy does.
-    from reconciler.controller.remote import snapshot
-    snap = await snapshot(agent_url)
-    print("DBGS", agent_url, len(snap.entries), sorted(set(k for _, k in snap.entries))[:20], flush=True)
     code = await cli("diff", str(mesh.garden), "--repo", str(mesh.repo.root), *mesh_args)
     assert code == 0, capsys.readouterr()
     other = tmp_path / "other"
@@ -135,3 +132,41 @@ async def test_apply_one_shot_without_a_reconciler(loopback: LoopbackMesh, tmp_p
     )  # fmt: skip
     assert code == 0
     assert len(mesh.ready("web")) == 1
+
+
+@pytest.mark.slow
+async def test_reconcile_process_serves_and_stops_cleanly(
+    loopback: LoopbackMesh, tmp_path: Path
+) -> None:
+    import json
+    import signal
+    import sys
+
+    import aiohttp
+
+    mesh = loopback
+    await mesh.add_agent("n1")
+    mesh.write("web", manifest("web", instances=1))
+    state = tmp_path / "rstate"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reconciler", "reconcile", "--watch", str(mesh.garden),
+        "--state", str(state), "--join", mesh.seed.addr, "--key", str(mesh.key),
+        "--name", "rec-proc", "--lease-ttl", "1.5",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        info_path = state / "reconciler.json"
+        await async_wait_for(info_path.exists, within=30, what="reconciler.json")
+        url = json.loads(info_path.read_text())["control_url"]
+        await async_wait_for(lambda: len(mesh.ready("web")) == 1, within=30, what="web ready")
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/status") as resp:
+            status = await resp.json()
+        assert status["active"] is True
+        assert status["name"] == "rec-proc"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    assert not (state / "reconciler.json").exists()

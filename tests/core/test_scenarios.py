@@ -264,3 +264,19 @@ def test_converged_plans_nothing_and_plan_function_matches() -> None:
     assert len(actions.intents) == 2
     assert statuses["a"].sync == "Synced"
     assert RolloutState.from_json(actions.rollouts["a"].to_json()) == actions.rollouts["a"]  # type: ignore[union-attr]
+
+
+def test_canary_passes_through_its_steps(mesh: Mesh) -> None:
+    ro = Rollout(strategy="canary", canary_steps=(10, 50), warmup_s=2)
+    mesh.converge(make_desired(make_app("a", 4, rollout=ro)))
+    v2 = make_app("a", 4, version="2", rollout=ro)
+    shares = []
+    for _ in range(30):
+        mesh.step(make_desired(v2))
+        route = mesh.actual.routes["a"]
+        total = sum(b.weight for b in route.backends)
+        new = sum(b.weight for b in route.backends if v2.digest[:8] in b.instance_id)
+        shares.append(round(100 * new / total))
+    steps = [s for i, s in enumerate(shares) if i == 0 or s != shares[i - 1]]
+    assert steps == [0, 10, 50, 100]
+    assert mesh.status("a") == ("Synced", "Healthy")

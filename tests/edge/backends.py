@@ -31,6 +31,7 @@ class Backend:
     runner: web.AppRunner | None = None
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # /gate waits on it
     waiting: int = 0
+    sent: int = 0  # body bytes written by /download
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +96,7 @@ def make_app(backend: Backend) -> web.Application:
         while left > 0:
             piece = block if left >= CHUNK else block[:left]
             await resp.write(piece)
+            backend.sent += len(piece)
             left -= len(piece)
         await resp.write_eof()
         return resp

@@ -10,11 +10,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
+from typing import cast
 
 import aiohttp
 import pytest
 
-from reconciler.edge.config import EdgeConfig, EjectionPolicy
+from reconciler.edge.config import SERVER_KINDS, EdgeConfig, EjectionPolicy, ServerKind
 from reconciler.edge.server import RunningEdge, running_edge
 from reconciler.records import Backend as BackendRecord
 from reconciler.records import RouteRecord
@@ -61,14 +62,24 @@ def pytest_asyncio_loop_factories(
     return factories
 
 
+@pytest.fixture(params=list(SERVER_KINDS))
+def server_kind(request: pytest.FixtureRequest) -> ServerKind:
+    """The client-facing server: the httptools protocol ("fast") and aiohttp's."""
+    kind = cast(ServerKind, request.param)
+    if kind == "fast" and importlib.util.find_spec("httptools") is None:
+        pytest.skip("httptools is not installed: the fast server is off")
+    return kind
+
+
 @pytest.fixture(params=[True, False], ids=["lean-get", "aiohttp-only"])
-def edge_config(request: pytest.FixtureRequest) -> EdgeConfig:
-    """The proxy with its lean GET path (httptools) and with aiohttp's client only."""
+def edge_config(request: pytest.FixtureRequest, server_kind: ServerKind) -> EdgeConfig:
+    """Each server, with the lean GET upstream path (httptools) and with aiohttp's client only."""
     if request.param and importlib.util.find_spec("httptools") is None:
         pytest.skip("httptools is not installed: the lean GET path is off")
     return EdgeConfig(
         port=0,
         fast_path=bool(request.param),
+        server=server_kind,
         ejection=EjectionPolicy(consecutive_5xx=3, base_s=0.3, max_s=1.0),
         stats_interval_s=3600,
         shutdown_grace_s=2.0,

@@ -24,6 +24,7 @@ from tests.edge.conftest import EdgeProcess, StartBackends
         (["edge", "--route", "a=h:1", "--listen", "nope"], "bad address"),
         (["edge", "--join", "h:1", "--gossip-key", "/no/such/file"], "no such file"),
         (["edge", "--route", "a=h:1", "--loop", "tokio"], "invalid choice"),
+        (["edge", "--route", "a=h:1", "--server", "nginx"], "invalid choice"),
     ],
 )
 def test_usage_errors_are_one_line(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import psutil
 
+from reconciler.edge.config import ServerKind
 from tests.edge.conftest import EdgeProcess, StartBackends
 
 SIZE = 100 * 1024 * 1024
@@ -39,11 +40,12 @@ async def test_100mb_upload_and_download_with_bounded_edge_memory(
     backends: StartBackends,
     client: aiohttp.ClientSession,
     edge_process: Callable[..., EdgeProcess],
+    server_kind: ServerKind,
 ) -> None:
     (big,) = await backends("big")
     # the edge process runs on the same kind of loop as this test (asyncio or uvloop)
     loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
-    edge = edge_process("--route", f"big={big.endpoint}", "--loop", loop)
+    edge = edge_process("--route", f"big={big.endpoint}", "--loop", loop, "--server", server_kind)
     await edge.ready(client)
     assert edge.proc is not None
     async with client.get(f"{edge.url}/big/download/1000") as resp:  # warm up

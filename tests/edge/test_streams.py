@@ -118,3 +118,17 @@ async def _open_when_refused(port: int, gate: asyncio.Event) -> None:
 
     await async_wait_for(refused, what="the edge to stop accepting")
     gate.set()
+
+
+async def test_websocket_refused_by_the_backend_passes_its_answer_on(
+    edge: RunningEdge, backends: StartBackends, client: aiohttp.ClientSession
+) -> None:
+    (a,) = await backends("a")
+    edge.set_routes([route("chat", (a, 1))])
+    # the backend's catch-all route answers 200 JSON instead of switching protocols
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(f"{edge.url}/chat/not-a-socket")
+    assert info.value.status == 200
+    assert a.hits == [("GET", "/not-a-socket")]
+    async with client.get(f"{edge.url}/chat/x") as resp:  # the edge still serves
+        assert resp.status == 200
