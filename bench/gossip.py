@@ -57,6 +57,23 @@ def run(
     gc.freeze()
     thresholds = gc.get_threshold()
     gc.set_threshold(5000, 20, 1000)
+    try:
+        return _measure(sim, names, nodes, loss, minutes, profile, encrypt, wall0)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _measure(
+    sim: SimCluster,
+    names: list[str],
+    nodes: int,
+    loss: float,
+    minutes: float,
+    profile: str,
+    encrypt: bool,
+    wall0: float,
+) -> dict[str, object]:
 
     key_seen: dict[str, float] = {}
     dead_seen: dict[str, float] = {}
@@ -104,7 +121,7 @@ def run(
         sim.run(rest)
     duration = sim.sched.now() - warmup
     sent = sum(sim.net.bytes_sent.values()) - bytes0
-    out: dict[str, object] = {
+    return {
         "nodes": nodes,
         "loss": loss,
         "t_99_99_s": _r(t_9999),
@@ -119,9 +136,6 @@ def run(
         "memberlist_t_99_99_s": MEMBERLIST_T_99_99.get((nodes, loss)),
         "wall_s": round(time.perf_counter() - wall0, 2),
     }
-    gc.set_threshold(*thresholds)
-    gc.unfreeze()
-    return out
 
 
 def _r(x: float | None) -> float | None:

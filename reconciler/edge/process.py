@@ -104,9 +104,10 @@ async def _serve_until(
 ) -> None:
     async with running_edge(spec.config, source, sock=sock, stats_sink=sink) as edge:
         log.info(
-            "edge serving on %s (pid %d, loop %s)",
+            "edge serving on %s (pid %d, %s server, loop %s)",
             edge.url,
             os.getpid(),
+            spec.config.server,
             type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         await stop.wait()

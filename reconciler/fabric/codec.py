@@ -278,6 +278,11 @@ def _message(m: object) -> Message:
     if type(m) is not list or not m or type(m[0]) is not int:
         raise PacketError("a message is an array starting with its type")
     t = m[0]
+    if t == T_ACK and len(m) == 2:  # the commonest message, checked inline
+        seq = m[1]
+        if type(seq) is int and 0 <= seq <= MAX_INT:
+            return Ack(seq)
+        raise PacketError("expected a non-negative integer")
     if t == T_PING:
         _fields(m, 5)
         return Ping(_int(m[1]), _str(m[2]), _str(m[3]), _str(m[4]))

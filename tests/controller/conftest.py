@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import shutil
 import sys
 import textwrap
@@ -172,22 +174,23 @@ class LoopbackMesh:
                 record = IntentRecord(node, 10**6).to_json()
                 self.seed.publish(intents_key(node), record)  # type: ignore[arg-type]
             for node, (agent, task, _) in self.agents.items():
-                print("DBG wait wither", node, agent.records, flush=True)
                 await async_wait_for(
                     lambda a=agent, t=task: t.done() or not a.records,  # type: ignore[misc]
                     within=30,
                     what=f"{node} withered",
                 )
         finally:
-            print("DBG cancel agents", flush=True)
             for agent, task, _ in self.agents.values():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                # Last resort if withering failed: no instance may outlive the test.
+                for rec in agent.records.values():
+                    if rec.pid:
+                        with contextlib.suppress(OSError):
+                            os.killpg(rec.pid, signal.SIGKILL)
                 agent.enforcer.cleanup()
-            print("DBG stack close", flush=True)
             await self.stack.aclose()
-            print("DBG closed", flush=True)
 
 
 @pytest.fixture

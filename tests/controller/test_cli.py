@@ -122,15 +122,25 @@ async def test_verbs_through_the_active_reconciler(
 
 @pytest.mark.slow
 async def test_apply_one_shot_without_a_reconciler(loopback: LoopbackMesh, tmp_path: Path) -> None:
+    import sys
+
     mesh = loopback
     await mesh.add_agent("n1")
     mesh.write("web", manifest("web", instances=1))
-    code = await cli(
-        "apply", str(mesh.garden), "--wait", "--timeout", "40",
-        "--join", mesh.seed.addr, "--key", str(mesh.key),
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reconciler", "apply", str(mesh.garden), "--wait",
+        "--timeout", "40", "--join", mesh.seed.addr, "--key", str(mesh.key),
         "--repo", str(tmp_path / "repo"), "--state", str(tmp_path / "state"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert code == 0
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b"Healthy" in out
     assert len(mesh.ready("web")) == 1
 
 

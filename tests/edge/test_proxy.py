@@ -79,7 +79,7 @@ async def test_round_robin_spreads_evenly(
 ) -> None:
     bs = await backends("a", "b", "c")
     edge.set_routes([route("app", *((b, 1) for b in bs))])
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for _ in range(30):
         async with client.get(f"{edge.url}/app/x") as resp:
             seen[(await resp.json())["backend"]] += 1
@@ -91,7 +91,7 @@ async def test_weighted_split_follows_route_weights(
 ) -> None:
     stable, canary = await backends("stable", "canary")
     edge.set_routes([route("app", (stable, 9), (canary, 1))])
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for _ in range(200):
         async with client.get(f"{edge.url}/app/x") as resp:
             seen[(await resp.json())["backend"]] += 1

@@ -8,8 +8,10 @@ import json
 
 import pytest
 
-from reconciler.edge.server import RunningEdge
+from reconciler.edge.config import EdgeConfig
+from reconciler.edge.server import RunningEdge, running_edge
 from tests.edge.conftest import StartBackends, route
+from tests.edge.test_streams import _open_when_refused
 from tests.helpers import async_wait_for
 
 Response = tuple[int, dict[str, str], bytes]
@@ -193,3 +195,32 @@ async def test_a_slow_client_holds_the_backend_back(
         assert received == size
     finally:
         w.close()
+
+
+async def test_shutdown_closes_idle_connections_and_ends_the_busy_one_cleanly(
+    edge_config: EdgeConfig, backends: StartBackends
+) -> None:
+    (a,) = await backends("a")
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        async with running_edge(edge_config) as edge:
+            edge.set_routes([route("app", (a, 1))])
+            idle_r, idle_w = await connect(edge)
+            busy_r, busy_w = await connect(edge)
+            writers += [idle_w, busy_w]
+            idle_w.write(b"GET /app/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await read_response(idle_r))[0] == 200  # now idle, kept alive
+            busy_w.write(b"GET /app/gate HTTP/1.1\r\nHost: x\r\n\r\n")
+            await async_wait_for(lambda: a.waiting == 1, what="the request to reach the backend")
+            opener = asyncio.create_task(_open_when_refused(edge.port, a.gate))
+            # leaving the block stops the edge: it waits for the request in flight
+        await opener
+        status, headers, body = await read_response(busy_r)
+        assert (status, body) == (200, b"a passed the gate")
+        if edge_config.server == "fast":
+            assert headers.get("connection") == "close"
+        assert await closed_by_peer(busy_r)
+        assert await closed_by_peer(idle_r)
+    finally:
+        for w in writers:
+            w.close()

@@ -196,3 +196,68 @@ def test_key_rotation_without_downtime() -> None:
     assert all(n.get("a", "tick") == "remove2" for n in sim.nodes.values())
     dead = [m for evs in sim.member_events.values() for _, m in evs if m.state == "dead"]
     assert dead == []
+
+
+# --- the simulator's fast paths give the same bytes and the same answers ----------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_values, max_size=5))
+def test_fast_encoder_writes_what_the_stdlib_encoder_writes(obj: list[object]) -> None:
+    try:
+        slow = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # infinity: both refuse it
+        with pytest.raises(ValueError, match="JSON compliant"):
+            codec.dumps(obj)
+        return
+    assert codec.dumps(obj) == slow.encode()
+
+
+def test_packets_of_pre_encoded_messages_are_byte_identical() -> None:
+    parts = [codec.encode_one(m) for m in SAMPLES]
+    assert codec.join(parts) == codec.encode(SAMPLES)
+    assert codec.join([]) == codec.encode([]) == b"[]"
+    assert [codec.wire_size(m) for m in SAMPLES] == [len(p) + 1 for p in parts]
+
+
+def test_a_circular_value_is_still_a_value_error() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="[Cc]ircular"):
+        codec.dumps(loop)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[[3,1]]", b" [[3,1]]", b"[[3,1]] ", b"[ [3 , 1] ]", b"[[3,1]][", b"[[3,1]]]"]
+)
+def test_decoder_fast_path_agrees_with_the_full_decoder(raw: bytes) -> None:
+    try:
+        want: object = json.loads(raw)
+    except ValueError:
+        want = PacketError
+    if want is PacketError:
+        with pytest.raises(PacketError):
+            codec.decode(raw)
+    else:
+        assert codec.decode(raw) == [Ack(1)]
+
+
+def test_queue_hands_out_encoded_broadcasts_like_the_messages() -> None:
+    from reconciler.fabric._queue import BroadcastQueue
+
+    def filled() -> BroadcastQueue:
+        q = BroadcastQueue()
+        for i, m in enumerate(SAMPLES[4:9]):
+            q.queue(i, m)
+        return q
+
+    a, b = filled(), filled()
+    for _ in range(3):
+        assert b.take_wire(300, 2) == [codec.encode_one(m) for m in a.take(300, 2)]
+    assert len(a) == len(b)
+
+
+def test_nonces_are_distinct_across_pool_refills() -> None:
+    ring = Keyring.generate()
+    nonces = {ring.encrypt(b"x", b"c")[1:13] for _ in range(10_000)}
+    assert len(nonces) == 10_000
