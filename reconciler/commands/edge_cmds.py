@@ -98,6 +98,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stats-interval", type=float, default=10.0, metavar="S")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S")
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="ADDR",
+        help="serve /metrics (and the /ui dashboard) on this address (default: off)",
+    )
     p.set_defaults(func=run_edge_cmd)
 
 
@@ -148,5 +154,6 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         loop=args.loop,
         verbosity=args.verbose,
         log_format=args.log_format,
+        metrics_listen=args.metrics_listen,
     )
     return run(spec)

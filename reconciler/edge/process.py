@@ -9,6 +9,7 @@ to them and restarts one that dies. Signal handlers only set an event; the loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import multiprocessing
@@ -16,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any, Literal
 
 from reconciler import logs
 from reconciler.edge.config import EdgeConfig, parse_addr
-from reconciler.edge.server import StatsSink, listen_socket, running_edge
+from reconciler.edge.server import RunningEdge, StatsSink, listen_socket, running_edge
 from reconciler.edge.source import RouteSource, StaticRouteSource
 from reconciler.errors import ConfigError, EdgeError, MycoError
+from reconciler.fabric.api import FabricAPI
 from reconciler.records import KEY_EDGE_STATS, EdgeStatsRecord, RouteRecord
 
 log = logging.getLogger("myco.edge")
@@ -49,6 +51,7 @@ class EdgeRunSpec:
     worker_index: int = -1  # -1: the only process; >= 0: a worker of a supervisor
     verbosity: int = 0
     log_format: str = "text"
+    metrics_listen: str = ""  # "host:port" for /metrics (and /ui with a fabric); "" for none
 
 
 def loop_factory(name: LoopName) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -101,8 +104,12 @@ async def _serve_until(
     sock: socket.socket,
     stop: asyncio.Event,
     sink: StatsSink | None,
+    fabric: FabricAPI | None = None,
 ) -> None:
-    async with running_edge(spec.config, source, sock=sock, stats_sink=sink) as edge:
+    async with (
+        running_edge(spec.config, source, sock=sock, stats_sink=sink) as edge,
+        _admin(spec, edge, fabric),
+    ):
         log.info(
             "edge serving on %s (pid %d, %s server, loop %s)",
             edge.url,
@@ -130,7 +137,45 @@ async def _serve_with_fabric(spec: EdgeRunSpec, sock: socket.socket, stop: async
         def publish(apps: dict[str, dict[str, Any]], at: float) -> None:
             fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())
 
-        await _serve_until(spec, FabricRouteSource(fabric), sock, stop, publish)
+        await _serve_until(spec, FabricRouteSource(fabric), sock, stop, publish, fabric)
+
+
+@contextlib.asynccontextmanager
+async def _admin(
+    spec: EdgeRunSpec, edge: RunningEdge, fabric: FabricAPI | None
+) -> AsyncIterator[None]:
+    """``/metrics`` (and ``/ui`` when in a fabric) on their own address, off the proxy port:
+    on the proxy port they would shadow apps named ``metrics`` or ``ui``."""
+    if not spec.metrics_listen:
+        yield
+        return
+    from aiohttp import web
+
+    from reconciler.observe.metrics import Metrics
+
+    host, port = parse_addr(spec.metrics_listen)
+    if spec.worker_index >= 0 and port:
+        port += spec.worker_index  # one admin port per worker
+    metrics = Metrics("edge", fabric, scope="none")
+    metrics.add_edge_stats(edge.stats.lifetime)
+    app = web.Application()
+    app.router.add_get("/metrics", metrics.handler)
+    if fabric is not None:
+        from reconciler.observe.ui import setup_ui
+
+        setup_ui(app, fabric)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+    log.info("edge metrics on http://%s:%d/metrics", host, port)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 def _worker_main(spec: EdgeRunSpec) -> None:

@@ -7,7 +7,11 @@ so recording is O(1), memory is constant and a quantile is exact to within one b
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from typing import Any
+
+#: Upper bounds (seconds) of the cumulative latency histogram exported to Prometheus.
+EXPORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _MIN_MS = 0.01
 _GROWTH = 1.05
@@ -49,6 +53,32 @@ class AppCounters:
         self.latency = LatencyHistogram()
 
 
+class Lifetime:
+    """Counters since the edge started, never reset: what ``/metrics`` exports.
+
+    ``codes`` counts answers by (app, status); ``buckets[app][i]`` counts latencies that fell
+    in ``EXPORT_BUCKETS_S[i]`` (the last slot is above every bound).
+    """
+
+    __slots__ = ("codes", "buckets", "sums", "bounds")
+
+    def __init__(self, bounds: tuple[float, ...] = EXPORT_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.codes: dict[tuple[str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def add(self, app: str, status: int, latency_s: float) -> None:
+        key = (app, status)
+        self.codes[key] = self.codes.get(key, 0) + 1
+        counts = self.buckets.get(app)
+        if counts is None:
+            counts = self.buckets[app] = [0] * (len(self.bounds) + 1)
+            self.sums[app] = 0.0
+        counts[bisect_left(self.bounds, latency_s)] += 1
+        self.sums[app] += latency_s
+
+
 class EdgeStats:
     """Counters per app for the current interval; ``roll`` hands them out and starts anew."""
 
@@ -56,6 +86,7 @@ class EdgeStats:
         self._apps: dict[str, AppCounters] = {}
         self._since = started_at
         self.totals: dict[str, int] = {}  # app -> requests since start (never reset)
+        self.lifetime = Lifetime()
 
     def record(self, app: str, status: int, latency_s: float) -> None:
         c = self._apps.get(app)
@@ -65,6 +96,7 @@ class EdgeStats:
         if status >= 500:
             c.errors_5xx += 1
         c.latency.add(latency_s * 1000.0)
+        self.lifetime.add(app, status, latency_s)
 
     def roll(self, now: float) -> dict[str, dict[str, Any]]:
         """The interval's figures per app (the ``EdgeStatsRecord.apps`` shape); resets."""

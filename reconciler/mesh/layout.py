@@ -27,6 +27,7 @@ class MeshRecord:
     edge: str  # host:port of the edge
     agent_api: str  # http://host:port of the first agent
     agent_apis: list[str] = field(default_factory=list)
+    edge_metrics: str = ""  # http://host:port/metrics of the edge
     seeds: list[str] = field(default_factory=list)  # gossip addresses
     children: dict[str, int] = field(default_factory=dict)  # name -> pid
     started_at: float = 0.0

@@ -141,6 +141,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
         ready=_port_open(host, repo_port),
     )
     edge_host, edge_port = split_addr(opts.edge)
+    edge_admin = f"{host}:{_free_port(host)}"
     edge = ChildSpec(
         name="edge",
         argv=[
@@ -149,6 +150,8 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             *verbosity,
             "--listen",
             opts.edge,
+            "--metrics-listen",
+            edge_admin,
             "--gossip-bind",
             gossip[opts.nodes + 1],
             "--gossip-key",
@@ -165,6 +168,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
         edge=opts.edge,
         agent_api=apis[0],
         agent_apis=apis,
+        edge_metrics=f"http://{edge_admin}/metrics",
         seeds=seeds,
         started_at=time.time(),
     )

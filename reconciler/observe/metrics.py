@@ -22,17 +22,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from reconciler import __version__
 from reconciler.fabric.api import FabricAPI
 
 from .snapshot import FabricSnapshot, snapshot_of
+
+if TYPE_CHECKING:
+    from reconciler.edge.stats import Lifetime
 from .status import build_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -282,6 +290,40 @@ class EdgeMetrics:
         self.latency.labels(app=label).observe(seconds)
 
 
+class EdgeStatsCollector(Collector):
+    """The edge's own never-reset counters (:class:`reconciler.edge.stats.Lifetime`), read
+    at scrape time: the hot path only bumps integers, it never calls prometheus_client."""
+
+    def __init__(self, lifetime: Lifetime) -> None:
+        self._lifetime = lifetime
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        life = self._lifetime
+        requests = CounterMetricFamily(
+            "myco_edge_requests", "Requests by app and HTTP status code", labels=["app", "code"]
+        )
+        for (app, code), n in sorted(life.codes.items()):
+            requests.add_metric([app, str(code)], float(n))
+        yield requests
+        latency = HistogramMetricFamily(
+            "myco_edge_request_duration_seconds",
+            "Time from request to the end of the response, by app",
+            labels=["app"],
+        )
+        for app, counts in sorted(life.buckets.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*life.bounds, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append(
+                    ("+Inf" if bound == float("inf") else repr(bound), float(cumulative))
+                )
+            latency.add_metric([app], buckets, life.sums[app])
+        yield latency
+
+
 class Metrics:
     """One component's registry: ``Metrics("agent", fabric)``, then serve ``handler``.
 
@@ -323,6 +365,10 @@ class Metrics:
         if self._edge is None:
             self._edge = EdgeMetrics(self.registry)
         return self._edge
+
+    def add_edge_stats(self, lifetime: Lifetime) -> None:
+        """Export the edge's lifetime counters (requests by app and code, latency)."""
+        self.registry.register(EdgeStatsCollector(lifetime))
 
     def gauge_callback(
         self, name: str, doc: str, fn: Callable[[], Samples], labels: tuple[str, ...] = ()

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import shutil
+import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
