@@ -43,6 +43,14 @@ def test_round_robin_then_ctrl_c_leaves_nothing(tmp_path):
         answers = [get_json(f"{mesh.url}/billing/hello")[1].get("instance") for _ in range(10)]
         assert set(answers) == seen
         assert len(instance_procs(mesh)) == 2
+        # observe: the edge counted them, per app and code, on its metrics address
+        import urllib.request
+
+        with urllib.request.urlopen(str(mesh.record()["edge_metrics"]), timeout=5) as resp:
+            text = resp.read().decode()
+        line = next(ln for ln in text.splitlines() if ln.startswith("myco_edge_requests_total{"))
+        assert 'app="billing"' in line
+        assert float(line.rsplit(" ", 1)[1]) >= 10
     finally:
         mesh.stop()
     assert mesh.proc.returncode == 0, mesh.log.read_text()
