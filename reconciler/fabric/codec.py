@@ -210,7 +210,12 @@ def dumps(obj: object) -> bytes:
 
 def encode_one(msg: Message) -> bytes:
     """The encoding of one message, as it appears inside a packet."""
-    return dumps(to_wire(msg))
+    if _C_ENCODE is None:  # pragma: no cover
+        return dumps(to_wire(msg))
+    try:  # dumps, inlined: one call less per message sent
+        return "".join(_C_ENCODE(to_wire(msg), 0)).encode()
+    except RecursionError as exc:
+        raise ValueError("Circular reference detected") from exc
 
 
 def join(parts: list[bytes]) -> bytes:

@@ -30,7 +30,7 @@ async def cli(*argv: str) -> int:
     root = logging.getLogger("myco")
     saved = (root.handlers[:], root.level, root.propagate)
     try:
-        return await asyncio.to_thread(main, list(argv))
+        return await asyncio.wait_for(asyncio.to_thread(main, list(argv)), 60)
     finally:
         root.handlers[:], root.level, root.propagate = saved
 
