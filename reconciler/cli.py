@@ -17,17 +17,28 @@ from typing import NoReturn
 from reconciler import __version__, logs
 from reconciler.errors import MycoError, UsageError
 
-# Modules under reconciler.commands that define ``register(subparsers, common)``.
-COMMAND_MODULES = (
-    "spore_cmds",
-    "garden_cmds",
-    "fabric_cmds",
-    "agent_cmds",
-    "edge_cmds",
-    "reconcile_cmds",
-    "mesh_cmds",
-    "observe_cmds",
-)
+# Modules under reconciler.commands that define ``register(subparsers, common)``, with the
+# verbs each registers. Only the module of the verb being run is imported, so a long-lived
+# `myco agent` does not carry every other area's imports (tests keep this map true).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "spore_cmds": ("keygen", "build", "verify", "extract", "publish", "repo", "demo"),
+    "garden_cmds": ("validate",),
+    "fabric_cmds": ("gossip-key", "members"),
+    "agent_cmds": ("agent",),
+    "edge_cmds": ("edge",),
+    "reconcile_cmds": (
+        "reconcile",
+        "apply",
+        "diff",
+        "drain",
+        "history",
+        "rollback",
+        "suspend",
+        "resume",
+    ),  # fmt: skip
+    "mesh_cmds": ("up", "down", "init", "run"),
+    "observe_cmds": ("status", "logs"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +63,8 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``verb``, only that verb's module is loaded (if it is known)."""
     common = common_options()
     parser = _Parser(
         prog="myco",
@@ -60,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"myco {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    modules = [m for m, verbs in COMMAND_MODULES.items() if verb in verbs] or COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(f"reconciler.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -72,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(verb)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(args_list)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"myco: error: {exc}", file=sys.stderr)

@@ -69,3 +69,29 @@ def test_json_log_lines_are_json(tmp_path):
     records = [json.loads(line) for line in out.stderr.splitlines()]
     assert records
     assert {"ts", "level", "logger", "msg"} <= set(records[0])
+
+
+def test_command_map_names_every_verb_of_each_module():
+    import argparse
+    import importlib
+
+    from reconciler.cli import COMMAND_MODULES, common_options
+
+    for module, verbs in COMMAND_MODULES.items():
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(f"reconciler.commands.{module}").register(sub, common_options())
+        assert set(sub.choices) == set(verbs), module
+
+
+def test_a_verb_loads_only_its_own_module():
+    code = (
+        "import sys\n"
+        "from reconciler.cli import build_parser\n"
+        "build_parser('agent')\n"
+        "loaded = [m for m in sys.modules if m.startswith('reconciler.commands.')]\n"
+        "print(sorted(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['reconciler.commands.agent_cmds']"

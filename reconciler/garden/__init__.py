@@ -9,14 +9,36 @@ Public API (see docs/INTERFACES.md)::
 
 from __future__ import annotations
 
-from reconciler.garden.reader import (
-    GardenReader,
-    GardenResult,
-    find_repo_root,
-    read_app_file,
-    read_garden,
-)
-from reconciler.garden.schema import Problem
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.garden.reader import (
+        GardenReader,
+        GardenResult,
+        find_repo_root,
+        read_app_file,
+        read_garden,
+    )
+    from reconciler.garden.schema import Problem
+
+# Loaded on first use: processes that only need the model (agents, the edge) should not pay
+# for the YAML loader, the schema and jsonschema.
+_LAZY = {
+    "GardenReader": "reconciler.garden.reader",
+    "GardenResult": "reconciler.garden.reader",
+    "find_repo_root": "reconciler.garden.reader",
+    "read_app_file": "reconciler.garden.reader",
+    "read_garden": "reconciler.garden.reader",
+    "Problem": "reconciler.garden.schema",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reconciler.garden' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 __all__ = [
     "GardenReader",
