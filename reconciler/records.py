@@ -70,11 +70,21 @@ class Nutrients:
         return Nutrients(self.cpu_milli - other.cpu_milli, self.memory_mb - other.memory_mb)
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON: lists (not the tuples ``dataclasses.asdict`` leaves), str keys."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
 class _Record:
     """JSON round-trip for the frozen dataclasses below (nested dataclasses included)."""
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+        out: dict[str, Any] = plain(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> Self:
@@ -97,9 +107,9 @@ def _build(cls: type[Any], data: dict[str, Any]) -> Any:
         target = _NESTED.get((cls.__name__, name))
         if target is not None and isinstance(value, dict):
             value = _build(target, value)
-        elif target is not None and isinstance(value, list):
+        elif target is not None and isinstance(value, list | tuple):
             value = tuple(_build(target, v) if isinstance(v, dict) else v for v in value)
-        elif isinstance(value, list):
+        elif isinstance(value, list | tuple):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
@@ -177,6 +187,7 @@ class RouteRecord(_Record):
     backends: tuple[Backend, ...] = ()
     draining: tuple[str, ...] = ()
     revision: str = ""
+    rollout: dict[str, Any] = field(default_factory=dict)  # the app's rollout state (core)
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,7 @@ class AppStatus(_Record):
     desired: int = 0
     ready: int = 0
     rollout: str = ""
+    revision: str = ""  # the garden revision (Git commit) this status refers to
 
 
 @dataclass(frozen=True)
@@ -196,6 +208,12 @@ class GardenRevisionRecord(_Record):
     source: str = ""
     commit: str = ""
     apps: dict[str, Any] = field(default_factory=dict)  # name -> AppStatus.to_json()
+    problems: tuple[Any, ...] = ()  # validation problems of the garden, as JSON objects
+    overrides: dict[str, Any] = field(default_factory=dict)  # suspend/rollback/drain by CLI
+    history: dict[str, Any] = field(default_factory=dict)  # app -> recent revisions
+    epoch: int = 0  # the lease epoch of the reconciler that wrote it
+    holder: str = ""  # that reconciler's member name
+    control_url: str = ""  # its control API (apply, diff, drain, ...)
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ from reconciler.core.model import (
 )
 from reconciler.core.plan import Planner
 from reconciler.errors import ConfigError, MycoError
-from reconciler.fabric.api import FabricAPI, JSONValue
+from reconciler.fabric.api import FabricAPI
 from reconciler.garden import GardenResult
-from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, routes_key
+from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, plain, routes_key
 
 log = logging.getLogger("myco.reconciler")
 
@@ -72,15 +72,6 @@ def load_overrides(path: Path) -> Overrides:
         return Overrides()
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable overrides: {exc}") from exc
-
-
-def plain(value: Any) -> JSONValue:
-    """``value`` as plain JSON (lists, not the tuples ``dataclasses.asdict`` leaves)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value  # type: ignore[no-any-return]
 
 
 def stabilize(new: Desired, old: Desired | None) -> Desired:

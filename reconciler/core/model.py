@@ -12,6 +12,7 @@ that takes over, or restarts, continues a rollout from the fabric alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -201,8 +202,9 @@ def route_json(route: RouteRecord, state: RolloutState | None) -> dict[str, Any]
 
 def parse_route(value: object) -> tuple[RouteRecord, RolloutState | None]:
     """The inverse of :func:`route_json` (raises FabricError / PlanError on bad data)."""
-    route = RouteRecord.from_json(value)
+    # The core keeps the rollout state beside the route, not inside it.
+    route = dataclasses.replace(RouteRecord.from_json(value), rollout={})
     state = None
-    if isinstance(value, dict) and "rollout" in value:
+    if isinstance(value, dict) and value.get("rollout"):
         state = RolloutState.from_json(value["rollout"])
     return route, state
