@@ -116,6 +116,7 @@ def start_mesh(
     manifest: str | None = None,
     garden: dict[str, str] | None = None,
     workloads: tuple[str, ...] = ("billing",),
+    extra_args: tuple[str, ...] = (),
 ) -> LocalMesh:
     """A mesh on a fresh garden: ``garden`` maps file names to text (default: billing)."""
     root = tmp_path / "repo"
@@ -133,7 +134,7 @@ def start_mesh(
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "reconciler", "up", str(root / "garden"),
-                "--nodes", str(nodes), "--edge", edge, "--state", str(state),
+                "--nodes", str(nodes), "--edge", edge, "--state", str(state), *extra_args,
             ],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,

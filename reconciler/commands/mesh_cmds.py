@@ -31,6 +31,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--edge", default="127.0.0.1:8080", metavar="HOST:PORT", help="(127.0.0.1:8080)")
     p.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    p.add_argument(
+        "--notify-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST JSON events on sync/health changes and rollouts (repeatable)",
+    )
     p.add_argument("--wait-timeout", type=float, default=60.0, metavar="S", help=argparse.SUPPRESS)
     p.set_defaults(func=_up)
 
@@ -85,6 +92,7 @@ def _up(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         edge=args.edge,
         verbose=args.verbose,
+        webhooks=tuple(args.notify_webhook),
     )
     if args.detach:
         return _detach(args, opts.state)
@@ -134,6 +142,8 @@ def _detach(args: argparse.Namespace, state: Path) -> int:
 
     argv = [sys.executable, "-m", "reconciler", "up", args.garden, "--nodes", str(args.nodes)]
     argv += ["--edge", args.edge, "--state", str(state)] + ["-v"] * args.verbose
+    for url in args.notify_webhook:
+        argv += ["--notify-webhook", url]
     state.mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(exist_ok=True)
     log_path = state / "logs" / "up.log"

@@ -53,6 +53,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="DIR", help="state directory (overrides, fabric)")
     p.add_argument("--allow-empty", action="store_true", help="let an empty garden prune all")
     p.add_argument("--lease-ttl", type=float, default=3.0, metavar="S", help="lease TTL (3)")
+    p.add_argument(
+        "--notify-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST a JSON event on sync/health changes and rollouts (repeatable)",
+    )
     p.set_defaults(func=run_reconcile)
 
     p = sub.add_parser(
@@ -195,11 +202,15 @@ async def _reconcile(args: argparse.Namespace, source: Any) -> int:
         )
         task = asyncio.create_task(rec.run(), name="reconciler")
         waiter = asyncio.create_task(stop.wait(), name="stop")
+        helpers = _notifiers(args.notify_webhook, rec.fabric)
         try:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (task, waiter):
+            for t in (task, waiter, *helpers):
                 t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,6 +218,18 @@ async def _reconcile(args: argparse.Namespace, source: Any) -> int:
             with contextlib.suppress(OSError):
                 (state / "reconciler.json").unlink()
     return 0
+
+
+def _notifiers(urls: list[str], fabric: Any) -> list[asyncio.Task[None]]:
+    """One webhook sender per URL, fed from the fabric: never in the reconcile loop's way."""
+    from reconciler.observe.notify import WebhookConfig, WebhookNotifier, notify_from_fabric
+
+    tasks = []
+    for url in urls:
+        notifier = WebhookNotifier(WebhookConfig(url))
+        tasks.append(asyncio.create_task(notifier.run(), name=f"webhook {url}"))
+        tasks.append(asyncio.create_task(notify_from_fabric(fabric, notifier), name="notify"))
+    return tasks
 
 
 @contextlib.asynccontextmanager

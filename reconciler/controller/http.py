@@ -25,6 +25,8 @@ from reconciler.controller.builder import Overrides
 from reconciler.controller.history import pick_rollback
 from reconciler.controller.reconciler import Reconciler
 from reconciler.errors import MycoError
+from reconciler.observe.metrics import Metrics
+from reconciler.observe.ui import setup_ui
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
 
@@ -58,6 +60,10 @@ def make_app(rec: Reconciler, repo: SporeRepo | None) -> web.Application:
     app.router.add_get("/v1/apps/{app}/history", _history)
     app.router.add_post("/v1/apps/{app}/{verb:suspend|resume|rollback}", _app_verb)
     app.router.add_post("/v1/nodes/{node}/{verb:drain|undrain}", _node_verb)
+    # observe: the whole mesh's metrics and the live dashboard, from the fabric view
+    rec.metrics = Metrics("reconciler", rec.fabric, scope="mesh")
+    app.router.add_get("/metrics", rec.metrics.handler)
+    setup_ui(app, rec.fabric)
     return app
 
 

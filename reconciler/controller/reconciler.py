@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.controller import history
 from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
@@ -44,6 +44,9 @@ from reconciler.errors import ConfigError, MycoError
 from reconciler.fabric.api import FabricAPI
 from reconciler.garden import GardenResult
 from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, plain, routes_key
+
+if TYPE_CHECKING:
+    from reconciler.observe.metrics import Metrics
 
 log = logging.getLogger("myco.reconciler")
 
@@ -125,6 +128,7 @@ class Reconciler:
         self.history: history.History = {}
         self.control_url = ""
         self._published_garden: dict[str, Any] | None = None
+        self.metrics: Metrics | None = None  # set by the control API when it serves /metrics
 
     # -- desired state ---------------------------------------------------------------
 
@@ -269,7 +273,11 @@ class Reconciler:
         while True:
             self.wake.clear()
             try:
-                actions = self.plan_once()
+                if self.metrics is not None:
+                    with self.metrics.reconcile.timed():
+                        actions = self.plan_once()
+                else:
+                    actions = self.plan_once()
             except MycoError as exc:
                 log.warning("plan pass failed: %s", exc)
                 actions = None

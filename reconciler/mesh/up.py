@@ -40,6 +40,7 @@ class UpOptions:
     host: str = "127.0.0.1"
     verbose: int = 0
     status: bool = True  # print status changes while running
+    webhooks: tuple[str, ...] = ()  # notified by the reconciler on sync/health changes
 
 
 def _free_port(host: str) -> int:
@@ -136,6 +137,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             str(ident.gossip_key),
             "--join",
             *seeds,
+            *[arg for url in opts.webhooks for arg in ("--notify-webhook", url)],
         ],
         log_path=logs / "reconciler.log",
         ready=_port_open(host, repo_port),
