@@ -182,8 +182,9 @@ class Agent:
                 log.warning("convergence pass failed: %s", exc)
             except Exception:  # a bug in one pass must not stop the node's agent
                 log.exception("convergence pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.config.resync_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it eats cancel on 3.11
+                async with asyncio.timeout(self.config.resync_s):
+                    await self._dirty.wait()
             self._dirty.clear()
 
     # --- convergence --------------------------------------------------------------------

@@ -93,6 +93,19 @@ def stabilize(new: Desired, old: Desired | None) -> Desired:
     return replace(new, apps=old.apps if same else apps)
 
 
+async def wait_event(event: asyncio.Event, within: float) -> None:
+    """Wait until ``event`` is set or ``within`` seconds have passed; cancellable always.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 it *swallows* a
+    cancellation that arrives between the event being set and the waiting task resuming
+    (CPython gh-86296, fixed in 3.12). A loop around it then runs on after ``cancel()``,
+    and the TaskGroup (and whoever awaits the reconciler) waits for it forever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await event.wait()
+
+
 class Reconciler:
     def __init__(
         self,
@@ -262,8 +275,7 @@ class Reconciler:
         while True:
             self._garden_changed.clear()
             await self.refresh_garden()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._garden_changed.wait(), self.source.resync_s)
+            await wait_event(self._garden_changed, self.source.resync_s)
 
     async def _fabric_loop(self) -> None:
         async for _change in self.fabric.subscribe(""):
@@ -284,8 +296,7 @@ class Reconciler:
             timeout = self.settings.resync_s
             if actions is not None and actions.wakeup is not None:
                 timeout = max(0.01, min(timeout, actions.wakeup - self.wall()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+            await wait_event(self.wake, timeout)
             await asyncio.sleep(0.02)  # coalesce a burst of fabric changes into one pass
 
     async def run(self, started: asyncio.Event | None = None) -> None:

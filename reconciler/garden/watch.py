@@ -107,8 +107,9 @@ class GardenWatcher:
                     remaining = handler.last_event + self.debounce_s - time.monotonic()
                     if remaining <= 0:
                         break
-                    try:
-                        await asyncio.wait_for(self._notify.wait(), timeout=remaining)
+                    try:  # not wait_for: on 3.11 it can swallow a cancellation
+                        async with asyncio.timeout(remaining):
+                            await self._notify.wait()
                     except TimeoutError:
                         pass
                 self._notify.clear()

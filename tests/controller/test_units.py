@@ -14,16 +14,18 @@ from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
 from reconciler.controller.diff import diff_lines
 from reconciler.controller.history import pick_rollback, record
 from reconciler.controller.lease import decide
-from reconciler.controller.reconciler import plain, stabilize
-from reconciler.controller.source import GitSource
+from reconciler.controller.reconciler import Reconciler, ReconcilerSettings, plain, stabilize
+from reconciler.controller.source import GitSource, StaticSource, empty_result
 from reconciler.core.model import Actual, RolloutState
 from reconciler.core.plan import plan
 from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
 from reconciler.errors import PlanError
+from reconciler.fabric import AsyncioScheduler, MemoryNetwork, open_memory_fabric
 from reconciler.garden import read_garden
 from reconciler.records import LeaseRecord
 from reconciler.repo import SporeRepo
 from reconciler.spore.keys import generate_keypair
+from tests.helpers import async_wait_for
 
 from .conftest import WORKLOAD, manifest
 
@@ -162,3 +164,30 @@ async def test_git_source_reads_commits(tmp_path: Path) -> None:
     finally:
         source.close()
         repo.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_cancel_right_after_a_wakeup_still_stops_the_reconciler(turns: int) -> None:
+    """A cancel that lands in the loop turns between a wake-up and the plan loop resuming
+    must end ``run()``. (With ``asyncio.wait_for`` Python 3.11 swallowed it: the plan loop
+    ran on, the TaskGroup waited for it forever and so did every test teardown.)"""
+    net = MemoryNetwork(AsyncioScheduler())
+    async with open_memory_fabric("r0", net) as fabric:
+        settings = ReconcilerSettings(resync_s=3600.0)
+        rec = Reconciler(fabric, StaticSource(empty_result()), None, settings)
+        started = asyncio.Event()
+        task = asyncio.create_task(rec.run(started))
+        await started.wait()
+        await async_wait_for(rec.garden_read.is_set, what="garden read")
+        for _ in range(5):  # let every loop park in its wait
+            await asyncio.sleep(0)
+        rec.wake.set()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+        assert done, "run() ignored the cancellation"
+        assert task.cancelled()
