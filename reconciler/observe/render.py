@@ -30,6 +30,9 @@ def _rollout(a: AppView) -> str:
 
 
 def _short(revision: str) -> str:
+    """A Git commit, or the content hash of a plain directory (``sha256:...``), shortened."""
+    if revision.startswith("sha256:"):
+        return revision[:19]
     return revision[:12] if len(revision) == 40 else revision
 
 

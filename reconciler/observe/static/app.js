@@ -35,6 +35,8 @@ function fill(id, rows, build) {
 }
 
 function short(rev) {
+  // a Git commit, or the content hash of a plain directory ("sha256:...")
+  if (rev && rev.startsWith("sha256:")) return rev.slice(0, 19);
   return rev && rev.length === 40 ? rev.slice(0, 12) : rev;
 }
 
