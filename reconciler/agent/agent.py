@@ -37,6 +37,7 @@ from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.runner import LocalRunner, ProcessRunner
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir, atomic_write
 from reconciler.agent.supervisor import Clock, RealClock, Supervisor, SupervisorSettings
+from reconciler.aio import wait_event
 from reconciler.errors import FabricError, MycoError, TemporaryError
 from reconciler.fabric.api import FabricAPI
 from reconciler.records import (
@@ -182,9 +183,7 @@ class Agent:
                 log.warning("convergence pass failed: %s", exc)
             except Exception:  # a bug in one pass must not stop the node's agent
                 log.exception("convergence pass failed")
-            with contextlib.suppress(TimeoutError):  # not wait_for: it eats cancel on 3.11
-                async with asyncio.timeout(self.config.resync_s):
-                    await self._dirty.wait()
+            await wait_event(self._dirty, self.config.resync_s)
             self._dirty.clear()
 
     # --- convergence --------------------------------------------------------------------

@@ -16,7 +16,6 @@ Signal handlers and callbacks only set the wake event; the plan loop is the one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.aio import wait_event
 from reconciler.controller import history
 from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
 from reconciler.controller.lease import Lease, LeaseConfig
@@ -91,19 +91,6 @@ def stabilize(new: Desired, old: Desired | None) -> Desired:
             apps[name] = app
             same = False
     return replace(new, apps=old.apps if same else apps)
-
-
-async def wait_event(event: asyncio.Event, within: float) -> None:
-    """Wait until ``event`` is set or ``within`` seconds have passed; cancellable always.
-
-    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 it *swallows* a
-    cancellation that arrives between the event being set and the waiting task resuming
-    (CPython gh-86296, fixed in 3.12). A loop around it then runs on after ``cancel()``,
-    and the TaskGroup (and whoever awaits the reconciler) waits for it forever.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within):
-            await event.wait()
 
 
 class Reconciler:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from reconciler.aio import wait_event
 from reconciler.errors import ConfigError, FabricError
 from reconciler.fabric.api import FabricAPI, JSONValue
 from reconciler.records import PREFIX_ROUTES, Backend, RouteRecord
@@ -71,10 +72,7 @@ class FabricRouteSource:
                         last = routes
                         log.info("route table: %s", describe(routes))
                     ready.set()
-                    try:
-                        await asyncio.wait_for(changed.wait(), self.resync_s)
-                    except TimeoutError:
-                        pass
+                    await wait_event(changed, self.resync_s)
                     if watcher.done():
                         return  # the fabric stopped
             finally:

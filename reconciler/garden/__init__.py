@@ -40,6 +40,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'reconciler.garden' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
 
+
 __all__ = [
     "GardenReader",
     "GardenResult",

@@ -19,6 +19,7 @@ from types import TracebackType
 
 import git
 
+from reconciler.aio import wait_event
 from reconciler.errors import GardenSourceError
 from reconciler.garden.reader import GardenReader, GardenResult
 
@@ -169,8 +170,5 @@ class GitPoller:
                 if sha != self._last:
                     self._last = sha
                     yield sha
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, self.interval_s)
             self._wake.clear()

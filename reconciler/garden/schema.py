@@ -229,8 +229,7 @@ def _problems_for(err: ValidationError, doc: Document) -> Iterator[tuple[Mark, s
         }
         yield (
             mark,
-            f"{where}: {_show(value)} is out of range (must be {words[kind]} "
-            f"{expected_value})",
+            f"{where}: {_show(value)} is out of range (must be {words[kind]} {expected_value})",
         )
     elif kind == "minItems":
         yield mark, f"{where}: must not be empty"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
+from reconciler.aio import wait_event
 from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.mesh.identity import Identity, ensure_identity
 from reconciler.mesh.layout import MeshRecord
@@ -248,8 +249,7 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Even
                     say("the mesh cannot go on without it; stopping")
                     code = 1
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
+                await wait_event(stop, 0.5)
         finally:
             watcher_stop.set()
             if watcher is not None:
@@ -286,8 +286,7 @@ async def watch_status(api: str, say: Callable[[str], None], stop: asyncio.Event
                     if shown.get(name) != line:
                         shown[name] = line
                         say(line)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+            await wait_event(stop, 1.0)
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

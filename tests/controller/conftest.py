@@ -25,7 +25,7 @@ from reconciler.controller.reconciler import Reconciler, ReconcilerSettings
 from reconciler.controller.source import DirSource
 from reconciler.core.model import PlanConfig
 from reconciler.fabric import Fabric, FabricConfig, open_fabric
-from reconciler.records import IntentRecord, Nutrients, intents_key
+from reconciler.records import KEY_NODE, IntentRecord, Nutrients, intents_key
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import repo_app
 from reconciler.spore.keys import generate_keypair
@@ -114,6 +114,13 @@ class LoopbackMesh:
 
     async def add_reconciler(self, name: str) -> Reconciler:
         fab = await self.fabric(name)
+        # Placements never move, so a first plan made before every node record reached
+        # this member would pile the instances on the nodes it happens to see.
+        await async_wait_for(
+            lambda: set(self.agents) <= {owner for owner, _ in fab.view(KEY_NODE)},
+            within=20,
+            what=f"{name} sees every node",
+        )
         rec = Reconciler(
             fab,
             DirSource(self.garden, resync_s=5.0),
