@@ -29,6 +29,7 @@ from reconciler.observe.metrics import Metrics
 from reconciler.observe.ui import setup_ui
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
+from reconciler.webserve import start_app
 
 if TYPE_CHECKING:
     from reconciler.agent.agent import Agent
@@ -128,19 +129,7 @@ async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
         raise ConfigError(f"the agent API on {bind} is not loopback: it needs a token")
     need = auth == "token" or (auth == "auto" and not is_loopback(host))
     token = load_or_make_token(agent.config.state_dir) if need else None
-    runner = web.AppRunner(make_app(agent, token), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot bind the agent API to {bind}: {exc.strerror}") from exc
-    server = site._server  # aiohttp exposes the bound sockets only here
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    agent.api_url = f"http://{shown}:{bound}"
+    runner, agent.api_url = await start_app(make_app(agent, token), host, port, "the agent API")
     log.info("agent API on %s%s", agent.api_url, " (bearer token required)" if token else "")
     return runner
 

@@ -237,14 +237,13 @@ async def _member(
     args: argparse.Namespace, state: Path, source: Any, settings: Any, overrides: Any
 ) -> Any:
     """A Reconciler joined to the fabric, its repo + control API served (not yet run)."""
-    from aiohttp import web
-
     from reconciler.controller.builder import SporeBuilder
     from reconciler.controller.http import make_app
     from reconciler.controller.reconciler import Reconciler
     from reconciler.fabric import open_fabric
     from reconciler.fabric.keyring import Keyring
     from reconciler.repo import SporeRepo
+    from reconciler.webserve import start_app
 
     identity = state.parent / "identity" if (state.parent / "identity").is_dir() else None
     identity = state / "identity" if (state / "identity").is_dir() else identity
@@ -269,19 +268,9 @@ async def _member(
         state_dir=state / "fabric",
     ) as fabric:
         rec = Reconciler(fabric, source, SporeBuilder(repo, key), settings, overrides=overrides)
-        runner = web.AppRunner(make_app(rec, repo), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        runner, served = await start_app(make_app(rec, repo), host, port, "the repo")
         try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(f"cannot listen on {args.repo_listen}: {exc.strerror}") from exc
-        try:
-            sockets = getattr(site._server, "sockets", None) or []
-            bound = sockets[0].getsockname()[1] if sockets else port
-            shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-            url = args.repo_url or f"http://{shown}:{bound}"
+            url = args.repo_url or served
             rec.settings = replace(rec.settings, fetch_urls=(url.rstrip("/"),))
             rec.control_url = url.rstrip("/")
             yield rec

@@ -152,6 +152,7 @@ async def _admin(
     from aiohttp import web
 
     from reconciler.observe.metrics import Metrics
+    from reconciler.webserve import start_app
 
     host, port = parse_addr(spec.metrics_listen)
     if spec.worker_index >= 0 and port:
@@ -164,14 +165,8 @@ async def _admin(
         from reconciler.observe.ui import setup_ui
 
         setup_ui(app, fabric)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
-    log.info("edge metrics on http://%s:%d/metrics", host, port)
+    runner, url = await start_app(app, host, port, "the edge's metrics")
+    log.info("edge metrics on %s/metrics", url)
     try:
         yield
     finally:
