@@ -257,6 +257,9 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Even
             say("stopping the mesh...")
             with contextlib.suppress(FileNotFoundError):
                 (opts.state / "mesh.json").unlink()
+    orphans = kill_orphans(opts.state)
+    if orphans:
+        say(f"stopped {orphans} instance(s) left behind by a lost agent")
     say("mesh stopped")
     return code
 
@@ -287,6 +290,31 @@ async def watch_status(api: str, say: Callable[[str], None], stop: asyncio.Event
                         shown[name] = line
                         say(line)
             await wait_event(stop, 1.0)
+
+
+def kill_orphans(state: Path) -> int:
+    """Kill instances left running by an agent that died (its own wither never ran).
+
+    Each agent persists its instances' pid and kernel start time; a process is killed (its
+    whole group) only if both still match, so a reused pid is never touched.
+    """
+    from reconciler.agent.runner import read_start_ticks
+    from reconciler.agent.state import StateDir
+
+    killed = 0
+    for root in sorted((state / "agents").glob("*")):
+        if not (root / "instances").is_dir():
+            continue
+        for inst in StateDir(root).load_all():
+            proc = inst.proc
+            if proc is None or not proc.start_ticks:
+                continue
+            if read_start_ticks(proc.pid) != proc.start_ticks:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

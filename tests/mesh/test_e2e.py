@@ -141,3 +141,19 @@ def test_a_workload_that_is_not_python(tmp_path):
     finally:
         mesh.stop()
     assert_nothing_left(mesh)
+
+
+def test_stop_leaves_nothing_even_after_an_agent_was_killed(tmp_path):
+    """An agent killed with -9 cannot wither its instances; `myco up` stopping still does."""
+    mesh = start_mesh(tmp_path)
+    try:
+        wait_serving(mesh, instances=2)
+        node = instance_procs(mesh)[0].environ()["MYCO_NODE"]
+        agent = psutil.Process(int(mesh.record()["children"][node]))  # type: ignore[index]
+        agent.kill()
+        agent.wait(10)
+        assert any(p.environ()["MYCO_NODE"] == node for p in instance_procs(mesh))
+    finally:
+        mesh.stop()
+    assert "left behind by a lost agent" in mesh.log.read_text()
+    assert_nothing_left(mesh)
