@@ -40,7 +40,7 @@ import psutil
 from aiohttp import web
 
 from reconciler.fabric import open_fabric
-from reconciler.garden.model import Dna, Health, RestartPolicy
+from reconciler.model import Dna, Health, RestartPolicy
 from reconciler.records import IntentInstance, IntentRecord, Nutrients, intents_key
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import repo_app

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reconciler.garden.model import Dna
+from reconciler.model import Dna
 from reconciler.spore.build import build_spore
 from reconciler.spore.keys import generate_keypair, load_public_key, raw_public_bytes
 from reconciler.spore.trust import TrustPolicy

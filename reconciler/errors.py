@@ -31,6 +31,7 @@ succeed later (it carries a suggested ``delay``); everything else is permanent.
     ├── AgentError                 the node agent: processes, nutrients, intents
     ├── EdgeError                  the edge router
     ├── PlanError                  the reconciler's core or drivers
+    ├── ServiceFailed              a daemon's long-running task ended or failed (it stops)
     └── TemporaryError(delay)      may succeed if retried after ``delay`` seconds
         ├── FetchError             a spore or peer could not be reached (yet)
         └── UnavailableError       a service (agent API, repo, lease) is not reachable now
@@ -142,6 +143,13 @@ class EdgeError(MycoError):
 
 class PlanError(MycoError):
     """The reconciler's core or its drivers failed."""
+
+
+class ServiceFailed(MycoError):
+    """A task a daemon needs for as long as it runs (the fabric, a server) ended or failed.
+
+    The process stops with this error rather than going on half alive.
+    """
 
 
 class TemporaryError(MycoError):

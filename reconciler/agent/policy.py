@@ -10,7 +10,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from reconciler.garden.model import RestartPolicy
+from reconciler.model import RestartPolicy
 
 
 def backoff_delay(policy: RestartPolicy, failures: int, rng: random.Random) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 
 from reconciler.agent.nutrients import Limits
 from reconciler.agent.runner import ProcInfo
-from reconciler.garden.model import Health, RestartPolicy
+from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 
 log = logging.getLogger("myco.agent")

@@ -151,7 +151,7 @@ def _split(addr: str) -> tuple[str, int]:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from reconciler.controller.source import DirSource, GardenSource, GitSource
+    from reconciler.reconcile.source import DirSource, GardenSource, GitSource
 
     source: GardenSource
     if args.watch is not None:
@@ -178,12 +178,12 @@ async def _stop_event() -> asyncio.Event:
 
 
 async def _reconcile(args: argparse.Namespace, source: Any) -> int:
-    from reconciler.controller.lease import LeaseConfig
-    from reconciler.controller.reconciler import ReconcilerSettings, load_overrides
+    from reconciler.reconcile.lease import LeaseConfig
+    from reconciler.reconcile.loop import ReconcileSettings, load_overrides
 
     state = _state(args)
     state.mkdir(parents=True, exist_ok=True)
-    settings = ReconcilerSettings(
+    settings = ReconcileSettings(
         allow_empty=args.allow_empty,
         lease=LeaseConfig(
             ttl_s=args.lease_ttl, renew_s=args.lease_ttl / 3, settle_s=min(1.0, args.lease_ttl / 4)
@@ -236,12 +236,12 @@ def _notifiers(urls: list[str], fabric: Any) -> list[asyncio.Task[None]]:
 async def _member(
     args: argparse.Namespace, state: Path, source: Any, settings: Any, overrides: Any
 ) -> Any:
-    """A Reconciler joined to the fabric, its repo + control API served (not yet run)."""
-    from reconciler.controller.builder import SporeBuilder
-    from reconciler.controller.http import make_app
-    from reconciler.controller.reconciler import Reconciler
+    """A ReconcileLoop joined to the fabric, its repo + control API served (not yet run)."""
     from reconciler.fabric import open_fabric
     from reconciler.fabric.keyring import Keyring
+    from reconciler.reconcile.builder import SporeBuilder
+    from reconciler.reconcile.http import make_app
+    from reconciler.reconcile.loop import ReconcileLoop
     from reconciler.repo import SporeRepo
     from reconciler.webserve import start_app
 
@@ -252,7 +252,7 @@ async def _member(
     keyring = Keyring.load(gossip_key) if gossip_key else None
     seeds = list(args.join)
     if not seeds:
-        from reconciler.controller.remote import mesh_record
+        from reconciler.reconcile.remote import mesh_record
 
         seeds = [str(s) for s in mesh_record(state).get("seeds", [])]
     repo = SporeRepo(args.repo or state / "repo")
@@ -267,7 +267,7 @@ async def _member(
         profile=args.profile,
         state_dir=state / "fabric",
     ) as fabric:
-        rec = Reconciler(fabric, source, SporeBuilder(repo, key), settings, overrides=overrides)
+        rec = ReconcileLoop(fabric, source, SporeBuilder(repo, key), settings, overrides=overrides)
         runner, served = await start_app(make_app(rec, repo), host, port, "the repo")
         try:
             url = args.repo_url or served
@@ -329,8 +329,8 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 async def _apply(args: argparse.Namespace) -> int:
-    from reconciler.controller.remote import active_control_url, agent_url, control, snapshot
     from reconciler.garden import read_garden
+    from reconciler.reconcile.remote import active_control_url, agent_url, control, snapshot
 
     state = _state(args)
     result = await asyncio.to_thread(read_garden, args.dir)
@@ -390,12 +390,12 @@ def _same_dir(a: str, b: Path) -> bool:
 
 async def _apply_one_shot(args: argparse.Namespace, state: Path, result: Any) -> int:
     """No reconciler runs: be one until the mesh has converged, then hand the lease back."""
-    from reconciler.controller.lease import LeaseConfig
-    from reconciler.controller.reconciler import ReconcilerSettings
-    from reconciler.controller.source import StaticSource
+    from reconciler.reconcile.lease import LeaseConfig
+    from reconciler.reconcile.loop import ReconcileSettings
+    from reconciler.reconcile.source import StaticSource
 
     source = StaticSource(result, description=str(args.dir.resolve()))
-    settings = ReconcilerSettings(
+    settings = ReconcileSettings(
         allow_empty=args.allow_empty, resync_s=0.5, lease=LeaseConfig(1.5, 0.3, 0.3)
     )
     if not args.join and not (state / "mesh.json").exists():
@@ -455,11 +455,11 @@ async def _diff_cmd(args: argparse.Namespace) -> int:
 
 
 async def _diff(args: argparse.Namespace, state: Path, result: Any) -> list[str]:
-    from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
-    from reconciler.controller.diff import UNBUILT, diff_lines
-    from reconciler.controller.mirror import FabricMirror
-    from reconciler.controller.remote import active_control_url, agent_url, snapshot
     from reconciler.core.model import DesiredApp
+    from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
+    from reconciler.reconcile.diff import UNBUILT, diff_lines
+    from reconciler.reconcile.mirror import FabricMirror
+    from reconciler.reconcile.remote import active_control_url, agent_url, snapshot
     from reconciler.records import KEY_GARDEN
     from reconciler.repo import SporeRepo
     from reconciler.spore.build import dna_key
@@ -490,7 +490,7 @@ async def _diff(args: argparse.Namespace, state: Path, result: Any) -> list[str]
 
 
 async def _control_url(args: argparse.Namespace) -> str:
-    from reconciler.controller.remote import active_control_url, agent_url, snapshot
+    from reconciler.reconcile.remote import active_control_url, agent_url, snapshot
 
     if args.reconciler:
         return str(args.reconciler)
@@ -505,7 +505,7 @@ async def _control_url(args: argparse.Namespace) -> str:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    from reconciler.controller.remote import control
+    from reconciler.reconcile.remote import control
 
     async def go() -> dict[str, Any]:
         return await control(await _control_url(args), method, path, body)

@@ -16,8 +16,8 @@ from typing import Any
 
 from reconciler.errors import ConfigError, GardenInvalid, UsageError
 from reconciler.garden import find_repo_root, read_app_file, read_garden
-from reconciler.garden.model import AppSpec
 from reconciler.home import state_dir
+from reconciler.model import AppSpec
 from reconciler.repo import SporeRepo
 from reconciler.spore.build import BuiltSpore, build_spore
 from reconciler.spore.extract import extract_spore

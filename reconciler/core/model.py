@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from reconciler.errors import PlanError
-from reconciler.garden.model import AppSpec
+from reconciler.model import AppSpec
 from reconciler.records import (
     AppStatus,
     InstanceRecord,

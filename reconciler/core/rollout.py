@@ -35,7 +35,7 @@ from reconciler.core.model import (
     RolloutState,
     Status,
 )
-from reconciler.garden.model import AppSpec
+from reconciler.model import AppSpec
 from reconciler.records import Backend, InstanceRecord, IntentInstance, RouteRecord
 
 Mode = Literal["active", "frozen", "prune"]

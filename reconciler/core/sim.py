@@ -14,7 +14,7 @@ from pathlib import Path
 from zlib import crc32
 
 from reconciler.core.model import Actual, Desired, DesiredApp
-from reconciler.garden.model import AppSpec, Deployment, Dna, Rollout
+from reconciler.model import AppSpec, Deployment, Dna, Rollout
 from reconciler.records import InstanceRecord, NodeRecord, Nutrients
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconciler.garden.model import (
+from reconciler.model import (
     AppSpec,
     Deployment,
     Dna,

@@ -16,9 +16,9 @@ from pathlib import Path
 from reconciler.errors import GardenInvalid, GardenLoadError, GardenSourceError
 from reconciler.garden.build import build_app
 from reconciler.garden.loader import MAX_FILE_BYTES, Document, decode, load_text
-from reconciler.garden.model import AppSpec, Garden, Origin
 from reconciler.garden.rules import Entry, check_garden
 from reconciler.garden.schema import Problem, check_document, document_name
+from reconciler.model import AppSpec, Garden, Origin
 
 log = logging.getLogger("myco.garden")
 

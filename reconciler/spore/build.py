@@ -1,4 +1,4 @@
-"""Build a signed, reproducible spore from a :class:`~reconciler.garden.model.Dna`.
+"""Build a signed, reproducible spore from a :class:`~reconciler.model.Dna`.
 
 Reproducible: entries are written in a fixed order (``payload/`` sorted by path, then
 ``manifest.json`` and ``signature.json``) with a fixed timestamp, fixed attributes and modes
@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import SporeError
-from reconciler.garden.model import Dna
+from reconciler.model import Dna
 from reconciler.spore.archive import CHUNK, MANIFEST, PAYLOAD, SIGNATURE, SUFFIX
 from reconciler.spore.keys import load_private_key
 from reconciler.spore.manifest import FileEntry, PayloadDigest, SporeManifest, check_payload_path

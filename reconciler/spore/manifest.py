@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import SporeFormatError
-from reconciler.garden.model import Dna, Health, RestartPolicy, Security, Slo
+from reconciler.model import Dna, Health, RestartPolicy, Security, Slo
 from reconciler.records import Nutrients
 
 FORMAT = "myco.spore/v1"

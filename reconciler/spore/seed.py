@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import SporeError
-from reconciler.garden.model import Dna, Health, Security, Slo
+from reconciler.model import Dna, Health, Security, Slo
 from reconciler.records import Nutrients
 from reconciler.spore.build import SourceFile
 from reconciler.spore.manifest import check_payload_path

@@ -16,7 +16,7 @@ from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.runner import LocalRunner
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
-from reconciler.garden.model import Health, RestartPolicy
+from reconciler.model import Health, RestartPolicy
 from reconciler.records import InstanceRecord, Nutrients
 from tests.helpers import free_port
 

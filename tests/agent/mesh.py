@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from reconciler.fabric import Fabric
-from reconciler.garden.model import Dna, Health, RestartPolicy
+from reconciler.model import Dna, Health, RestartPolicy
 from reconciler.records import (
     InstanceRecord,
     IntentInstance,

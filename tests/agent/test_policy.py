@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.agent.policy import RestartTracker, backoff_delay
-from reconciler.garden.model import RestartPolicy
+from reconciler.model import RestartPolicy
 
 POLICY = RestartPolicy(backoff_initial_s=0.5, backoff_max_s=8.0, max_failures=5, window_s=60)
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from reconciler.agent.runner import LocalRunner, ProcInfo, read_start_ticks
-from reconciler.garden.model import Health, RestartPolicy
+from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 from tests.agent.conftest import Harness
 from tests.helpers import async_wait_for

@@ -15,7 +15,7 @@ from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.policy import backoff_delay
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
-from reconciler.garden.model import Health, RestartPolicy
+from reconciler.model import Health, RestartPolicy
 from reconciler.records import InstanceRecord, Nutrients
 from tests.helpers import async_wait_for, free_port
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from reconciler.core.model import Actual, Desired
 from reconciler.core.plan import Planner, plan
 from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
-from reconciler.garden.model import Rollout
+from reconciler.model import Rollout
 from reconciler.records import Nutrients
 
 from .conftest import Mesh

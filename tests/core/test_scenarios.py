@@ -8,7 +8,7 @@ from dataclasses import replace
 from reconciler.core.model import Actual, Desired, RolloutState, parse_route, route_json
 from reconciler.core.plan import Planner, plan, topo_order
 from reconciler.core.sim import make_app, make_desired, make_nodes
-from reconciler.garden.model import Rollout
+from reconciler.model import Rollout
 from reconciler.records import Nutrients
 
 from .conftest import Mesh

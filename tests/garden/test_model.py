@@ -8,7 +8,7 @@ import pytest
 
 from reconciler.errors import GardenInvalid, GardenLoadError, GardenSourceError
 from reconciler.garden import Problem, read_app_file, read_garden
-from reconciler.garden.model import Deployment, Dna, Health, RestartPolicy, Rollout
+from reconciler.model import Deployment, Dna, Health, RestartPolicy, Rollout
 from reconciler.records import Nutrients
 
 CORPUS = Path(__file__).parent / "corpus"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.garden.model import Dna
+from reconciler.model import Dna
 from reconciler.spore.build import BuiltSpore, build_spore
 from reconciler.spore.keys import (
     generate_keypair,

@@ -21,20 +21,20 @@ from typing import Any
 
 from aiohttp import web
 
-from reconciler.controller.builder import Overrides
-from reconciler.controller.history import pick_rollback
-from reconciler.controller.reconciler import Reconciler
 from reconciler.errors import MycoError
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.ui import setup_ui
+from reconciler.reconcile.builder import Overrides
+from reconciler.reconcile.history import pick_rollback
+from reconciler.reconcile.loop import ReconcileLoop
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
 
 log = logging.getLogger("myco.reconciler.http")
-RECONCILER_KEY = web.AppKey("reconciler", Reconciler)
+RECONCILER_KEY = web.AppKey("reconciler", ReconcileLoop)
 
 
-def status_json(rec: Reconciler) -> dict[str, Any]:
+def status_json(rec: ReconcileLoop) -> dict[str, Any]:
     garden = rec.garden.garden if rec.garden else None
     return {
         "name": rec.fabric.name,
@@ -51,7 +51,7 @@ def status_json(rec: Reconciler) -> dict[str, Any]:
     }
 
 
-def make_app(rec: Reconciler, repo: SporeRepo | None) -> web.Application:
+def make_app(rec: ReconcileLoop, repo: SporeRepo | None) -> web.Application:
     app = web.Application()
     app[RECONCILER_KEY] = rec
     if repo is not None:
@@ -77,7 +77,7 @@ async def _history(request: web.Request) -> web.Response:
     return web.json_response({"app": name, "history": rec.history.get(name, [])})
 
 
-def _refuse_standby(rec: Reconciler) -> web.Response | None:
+def _refuse_standby(rec: ReconcileLoop) -> web.Response | None:
     if rec.lease.active:
         return None
     return web.json_response(

@@ -25,11 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.aio import wait_event
-from reconciler.controller import history
-from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
-from reconciler.controller.lease import Lease, LeaseConfig
-from reconciler.controller.mirror import FabricMirror
-from reconciler.controller.source import GardenSource
 from reconciler.core.model import (
     Actions,
     Actual,
@@ -43,6 +38,11 @@ from reconciler.core.plan import Planner
 from reconciler.errors import ConfigError, MycoError
 from reconciler.fabric.api import FabricAPI
 from reconciler.garden import GardenResult
+from reconciler.reconcile import history
+from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
+from reconciler.reconcile.lease import Lease, LeaseConfig
+from reconciler.reconcile.mirror import FabricMirror
+from reconciler.reconcile.source import GardenSource
 from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, plain, routes_key
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ log = logging.getLogger("myco.reconciler")
 
 
 @dataclass(frozen=True)
-class ReconcilerSettings:
+class ReconcileSettings:
     fetch_urls: tuple[str, ...] = ()
     allow_empty: bool = False
     resync_s: float = 2.0
@@ -93,13 +93,13 @@ def stabilize(new: Desired, old: Desired | None) -> Desired:
     return replace(new, apps=old.apps if same else apps)
 
 
-class Reconciler:
+class ReconcileLoop:
     def __init__(
         self,
         fabric: FabricAPI,
         source: GardenSource,
         builder: SporeBuilder | None,
-        settings: ReconcilerSettings | None = None,
+        settings: ReconcileSettings | None = None,
         *,
         overrides: Overrides | None = None,
         overrides_path: Path | None = None,
@@ -109,7 +109,7 @@ class Reconciler:
         self.fabric = fabric
         self.source = source
         self.builder = builder
-        self.settings = settings or ReconcilerSettings()
+        self.settings = settings or ReconcileSettings()
         self.overrides = overrides or Overrides()
         self.wall = wall
         self.wake = asyncio.Event()

@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from reconciler.controller.lease import decide, read_leases
 from reconciler.errors import ConfigError, UnavailableError
 from reconciler.fabric.api import Change, JSONValue, Member
 from reconciler.observe.snapshot import snapshot_from_json
+from reconciler.reconcile.lease import decide, read_leases
 from reconciler.records import KEY_GARDEN
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)

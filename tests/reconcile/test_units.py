@@ -10,18 +10,18 @@ from pathlib import Path
 import git
 import pytest
 
-from reconciler.controller.builder import Overrides, SporeBuilder, desired_from
-from reconciler.controller.diff import diff_lines
-from reconciler.controller.history import pick_rollback, record
-from reconciler.controller.lease import decide
-from reconciler.controller.reconciler import Reconciler, ReconcilerSettings, plain, stabilize
-from reconciler.controller.source import GitSource, StaticSource, empty_result
 from reconciler.core.model import Actual, RolloutState
 from reconciler.core.plan import plan
 from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
 from reconciler.errors import PlanError
 from reconciler.fabric import AsyncioScheduler, MemoryNetwork, open_memory_fabric
 from reconciler.garden import read_garden
+from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
+from reconciler.reconcile.diff import diff_lines
+from reconciler.reconcile.history import pick_rollback, record
+from reconciler.reconcile.lease import decide
+from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings, plain, stabilize
+from reconciler.reconcile.source import GitSource, StaticSource, empty_result
 from reconciler.records import LeaseRecord
 from reconciler.repo import SporeRepo
 from reconciler.spore.keys import generate_keypair
@@ -173,8 +173,8 @@ async def test_a_cancel_right_after_a_wakeup_still_stops_the_reconciler(turns: i
     ran on, the TaskGroup waited for it forever and so did every test teardown.)"""
     net = MemoryNetwork(AsyncioScheduler())
     async with open_memory_fabric("r0", net) as fabric:
-        settings = ReconcilerSettings(resync_s=3600.0)
-        rec = Reconciler(fabric, StaticSource(empty_result()), None, settings)
+        settings = ReconcileSettings(resync_s=3600.0)
+        rec = ReconcileLoop(fabric, StaticSource(empty_result()), None, settings)
         started = asyncio.Event()
         task = asyncio.create_task(rec.run(started))
         await started.wait()

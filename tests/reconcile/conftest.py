@@ -18,13 +18,13 @@ import pytest
 from aiohttp import web
 
 from reconciler.agent.agent import Agent, AgentConfig
-from reconciler.controller.builder import SporeBuilder
-from reconciler.controller.http import make_app
-from reconciler.controller.lease import LeaseConfig
-from reconciler.controller.reconciler import Reconciler, ReconcilerSettings
-from reconciler.controller.source import DirSource
 from reconciler.core.model import PlanConfig
 from reconciler.fabric import Fabric, FabricConfig, open_fabric
+from reconciler.reconcile.builder import SporeBuilder
+from reconciler.reconcile.http import make_app
+from reconciler.reconcile.lease import LeaseConfig
+from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings
+from reconciler.reconcile.source import DirSource
 from reconciler.records import KEY_NODE, IntentRecord, Nutrients, intents_key
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import repo_app
@@ -75,7 +75,7 @@ class LoopbackMesh:
     trust: TrustPolicy
     seed: Fabric  # a plain member every other one joins through
     agents: dict[str, tuple[Agent, asyncio.Task[None], Fabric]] = field(default_factory=dict)
-    reconcilers: dict[str, tuple[Reconciler, asyncio.Task[None], Fabric]] = field(
+    reconcilers: dict[str, tuple[ReconcileLoop, asyncio.Task[None], Fabric]] = field(
         default_factory=dict
     )
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -112,7 +112,7 @@ class LoopbackMesh:
         await async_wait_for(agent.ready.is_set, within=20, what=f"{node} ready")
         return agent
 
-    async def add_reconciler(self, name: str) -> Reconciler:
+    async def add_reconciler(self, name: str) -> ReconcileLoop:
         fab = await self.fabric(name)
         # Placements never move, so a first plan made before every node record reached
         # this member would pile the instances on the nodes it happens to see.
@@ -121,11 +121,11 @@ class LoopbackMesh:
             within=20,
             what=f"{name} sees every node",
         )
-        rec = Reconciler(
+        rec = ReconcileLoop(
             fab,
             DirSource(self.garden, resync_s=5.0),
             SporeBuilder(self.repo, self.key),
-            ReconcilerSettings(
+            ReconcileSettings(
                 fetch_urls=(self.repo_url,),
                 resync_s=0.5,
                 lease=FAST_LEASE,
@@ -151,7 +151,7 @@ class LoopbackMesh:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    def active(self) -> Reconciler | None:
+    def active(self) -> ReconcileLoop | None:
         act = [r for r, _, _ in self.reconcilers.values() if r.lease.active]
         return act[0] if act else None
 

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from reconciler.garden import GardenReader, GardenResult
 from reconciler.garden.git import GitGarden, GitPoller
-from reconciler.garden.model import Garden
 from reconciler.garden.watch import GardenWatcher
+from reconciler.model import Garden
 
 
 class GardenSource(Protocol):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reconciler.controller.builder import Overrides
+from reconciler.reconcile.builder import Overrides
 from tests.helpers import async_wait_for
 
 from .conftest import LoopbackMesh, manifest

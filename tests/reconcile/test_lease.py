@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from reconciler.controller.lease import Lease, LeaseConfig
 from reconciler.fabric import AsyncioScheduler, Fabric, MemoryNetwork, open_memory_fabric
+from reconciler.reconcile.lease import Lease, LeaseConfig
 from reconciler.records import KEY_LEASE, LeaseRecord
 from tests.helpers import async_wait_for
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.core.model import Desired, DesiredApp
 from reconciler.errors import MycoError
-from reconciler.garden.model import Dna, Garden
+from reconciler.model import Dna, Garden
 from reconciler.records import Nutrients
 from reconciler.repo import SporeRepo
 from reconciler.spore.build import build_spore, dna_key

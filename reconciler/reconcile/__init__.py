@@ -1,0 +1,41 @@
+"""The reconcile service (``myco reconcile``): garden in, intents and routes out.
+
+A thin driver around the pure core (:mod:`reconciler.core`): :mod:`.source` reads the
+garden (directory or Git), :mod:`.builder` builds and signs the spores the repo lacks,
+:mod:`.mirror` turns the fabric into the core's input, :mod:`.lease` decides which
+reconciler is active, :mod:`.loop` (:class:`ReconcileLoop`) ties them together,
+:mod:`.http` serves the repo and the control API, and :mod:`.remote` is how the short-lived
+verbs reach a running mesh.
+
+Names are re-exported lazily, so importing this package loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.reconcile.lease import Lease, LeaseConfig
+    from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings
+    from reconciler.reconcile.source import DirSource, GardenSource, GitSource, StaticSource
+
+_EXPORTS = {
+    "Lease": "reconciler.reconcile.lease",
+    "LeaseConfig": "reconciler.reconcile.lease",
+    "ReconcileLoop": "reconciler.reconcile.loop",
+    "ReconcileSettings": "reconciler.reconcile.loop",
+    "DirSource": "reconciler.reconcile.source",
+    "GardenSource": "reconciler.reconcile.source",
+    "GitSource": "reconciler.reconcile.source",
+    "StaticSource": "reconciler.reconcile.source",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
