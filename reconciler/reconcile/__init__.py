@@ -31,7 +31,16 @@ _EXPORTS = {
     "StaticSource": "reconciler.reconcile.source",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DirSource",
+    "GardenSource",
+    "GitSource",
+    "Lease",
+    "LeaseConfig",
+    "ReconcileLoop",
+    "ReconcileSettings",
+    "StaticSource",
+]
 
 
 def __getattr__(name: str) -> Any:
