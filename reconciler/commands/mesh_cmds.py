@@ -83,7 +83,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from reconciler.mesh.layout import state_dir
+    from reconciler.home import absolute_state_dir as state_dir
     from reconciler.mesh.up import UpOptions
 
     opts = UpOptions(
@@ -100,8 +100,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from reconciler.home import absolute_state_dir as state_dir
     from reconciler.mesh.identity import ensure_identity
-    from reconciler.mesh.layout import state_dir
     from reconciler.mesh.run import prepare_run_garden
     from reconciler.mesh.up import UpOptions
 
@@ -138,7 +138,7 @@ def _run_mesh(opts: UpOptions) -> int:
 
 
 def _detach(args: argparse.Namespace, state: Path) -> int:
-    from reconciler.mesh.layout import MeshRecord
+    from reconciler.home import MeshRecord
 
     argv = [sys.executable, "-m", "reconciler", "up", args.garden, "--nodes", str(args.nodes)]
     argv += ["--edge", args.edge, "--state", str(state)] + ["-v"] * args.verbose
@@ -166,7 +166,8 @@ def _detach(args: argparse.Namespace, state: Path) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from reconciler.mesh.layout import MeshRecord, state_dir
+    from reconciler.home import MeshRecord
+    from reconciler.home import absolute_state_dir as state_dir
 
     state = state_dir(args.state)
     record = MeshRecord.load(state)
@@ -191,8 +192,8 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from reconciler.home import absolute_state_dir as state_dir
     from reconciler.mesh.identity import create_identity
-    from reconciler.mesh.layout import state_dir
 
     root = Path(args.dir) if args.dir else state_dir(args.state) / "identity"
     ident = create_identity(root, apps=args.apps, force=args.force)

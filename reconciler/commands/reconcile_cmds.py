@@ -135,7 +135,7 @@ def _member_options(p: argparse.ArgumentParser) -> None:
 
 
 def _state(args: argparse.Namespace) -> Path:
-    from reconciler.mesh.layout import state_dir
+    from reconciler.home import absolute_state_dir as state_dir
 
     return state_dir(getattr(args, "state", None))
 

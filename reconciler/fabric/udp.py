@@ -77,6 +77,8 @@ class UdpTcpTransport:
                     await self._server.wait_closed()
                     self._server = None
                 continue
+            if advertise and ":" not in advertise:  # a host alone: the port we bound
+                advertise = f"{advertise}:{bound}"
             self._addr = advertise or f"{host}:{bound}"
             return self
         raise FabricError(f"cannot bind the fabric to {bind}: {last}")

@@ -23,8 +23,8 @@ import aiohttp
 
 from reconciler.aio import wait_event
 from reconciler.errors import ConfigError, MycoError, UsageError
+from reconciler.home import MeshRecord
 from reconciler.mesh.identity import Identity, ensure_identity
-from reconciler.mesh.layout import MeshRecord
 from reconciler.mesh.supervisor import ChildSpec, Supervisor
 from reconciler.observe.client import fetch_snapshot
 from reconciler.observe.status import MeshStatus, build_status
