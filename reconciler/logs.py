@@ -35,6 +35,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"))
 
 
+#: Start-up lines (what a daemon serves, where) are shown at every verbosity.
+STARTUP_LOGGER = "myco.startup"
+
+
+def announce(message: str, *args: object) -> None:
+    """Log a daemon's start-up line: shown without ``-v`` (see :func:`configure`)."""
+    logging.getLogger(STARTUP_LOGGER).info(message, *args)
+
+
 def configure(verbosity: int = 0, fmt: str = "text") -> None:
     """Set up the ``myco`` logger tree once for a process.
 
@@ -50,3 +59,5 @@ def configure(verbosity: int = 0, fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # A daemon's start-up line says where it serves: shown even at the default level.
+    logging.getLogger(STARTUP_LOGGER).setLevel(min(level, logging.INFO))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from reconciler.commands.options import add_fabric, join_settings
 from reconciler.errors import UsageError
 
 
@@ -25,26 +25,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="HTTP address to serve on (default 127.0.0.1:8080)",
     )
-    p.add_argument(
-        "--join",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="ADDR",
-        help="gossip address(es) of fabric members to join",
-    )
-    p.add_argument(
-        "--gossip-key",
-        type=Path,
-        metavar="FILE",
-        help="keyring file of the fabric (base64 AES keys, one per line)",
-    )
-    p.add_argument(
-        "--gossip-bind",
-        default="127.0.0.1:0",
-        metavar="ADDR",
-        help="this member's gossip address (default 127.0.0.1:0)",
-    )
+    add_fabric(p)  # --join --gossip-bind --advertise --gossip-key --cluster --profile
     p.add_argument("--name", default="", help="fabric member name (default edge-<host>-<pid>)")
     p.add_argument(
         "--route",
@@ -108,13 +89,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_edge_cmd(args: argparse.Namespace) -> int:
-    from reconciler.edge.config import (
-        EdgeConfig,
-        EjectionPolicy,
-        RetryPolicy,
-        Timeouts,
-        parse_addr,
-    )
+    from reconciler.addr import parse_addr
+    from reconciler.edge.config import EdgeConfig, EjectionPolicy, RetryPolicy, Timeouts
     from reconciler.edge.process import EdgeRunSpec, run
     from reconciler.edge.source import parse_static_route
 
@@ -126,9 +102,10 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         raise UsageError("edge: --workers must be at least 1")
     if args.retries < 0:
         raise UsageError("edge: --retries must be 0 or more")
-    if args.gossip_key is not None and not args.gossip_key.is_file():
-        raise UsageError(f"edge: --gossip-key {args.gossip_key}: no such file")
+    join = join_settings(args, "edge") if args.join else None
     host, port = parse_addr(args.listen)
+    if args.metrics_listen:
+        parse_addr(args.metrics_listen, what="--metrics-listen")
     config = EdgeConfig(
         host=host,
         port=port,
@@ -145,9 +122,7 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
     )
     spec = EdgeRunSpec(
         config=config,
-        joins=tuple(args.join),
-        gossip_key=args.gossip_key,
-        gossip_bind=args.gossip_bind,
+        join=join,
         name=args.name,
         static_routes=tuple(parse_static_route(r) for r in args.route),
         workers=args.workers,

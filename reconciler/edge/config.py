@@ -97,18 +97,3 @@ class EdgeConfig:
             raise ConfigError("edge: ejection thresholds must be at least 1")
         if self.pool.limit < 1 or self.pool.limit_per_backend < 1 or self.pool.keepalive_s <= 0:
             raise ConfigError("edge: pool limits must be positive")
-
-
-def parse_addr(addr: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``host:port``, ``:port`` or ``[v6]:port`` → (host, port)."""
-    host, sep, port_s = addr.rpartition(":")
-    if not sep:
-        raise ConfigError(f"bad address {addr!r}: expected host:port")
-    host = host.strip("[]") or default_host
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ConfigError(f"bad address {addr!r}: port is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"bad address {addr!r}: port out of range")
-    return host, port

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -47,6 +47,23 @@ class Downstream(Protocol):
     async def end(self) -> None:
         """The streamed body is complete."""
         ...
+
+
+class TunnelEnd(Protocol):
+    """The client's side of a connection switched to another protocol (after a 101)."""
+
+    async def read(self) -> bytes: ...  # b"" at the end
+
+    async def write(self, data: bytes) -> None: ...
+
+    def write_eof(self) -> None: ...
+
+
+@runtime_checkable
+class Upgradable(Protocol):
+    """A front end that can hand its raw connection over after a ``101`` (the fast one)."""
+
+    async def switch(self, headers: Headers) -> TunnelEnd: ...
 
 
 @dataclass(frozen=True)

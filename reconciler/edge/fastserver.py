@@ -38,8 +38,8 @@ from typing import cast
 import httptools  # type: ignore[import-not-found,unused-ignore]  # see docs/edge.md
 from multidict import CIMultiDict
 
-from reconciler.edge.downstream import Headers, json_error
-from reconciler.edge.proxy import EdgeProxy, TunnelEnd
+from reconciler.edge.downstream import Headers, TunnelEnd, json_error
+from reconciler.edge.proxy import EdgeProxy
 
 log = logging.getLogger("myco.edge")
 

@@ -1,9 +1,18 @@
 """The ``myco edge`` process: event loop choice, signals, fabric wiring and workers.
 
+The single process, and each worker, runs through :func:`reconciler.aio.run_until_signalled`
+(uvloop through its ``loop_factory``): the first SIGTERM/SIGINT stops accepting and lets
+requests in flight finish (up to ``shutdown_grace_s``), a second one cuts that short. The
+worker's long-running tasks (route source, stats, pool sweep) belong to the service, so
+one that fails (the fabric's route feed, say) stops the edge with a
+:class:`~reconciler.errors.ServiceFailed` naming it rather than leaving it serving a stale
+route table. Once serving, one line at info level (shown without ``-v``) says where.
+
 With ``workers > 1`` the parent only supervises: it reserves the port (bound, never
 listening, so the kernel gives it no connections), starts N worker processes that each
 listen on the port with ``SO_REUSEPORT`` and run their own loop, forwards SIGTERM/SIGINT
-to them and restarts one that dies. Signal handlers only set an event; the loop acts.
+to them and restarts one that dies; a second signal kills them (SIGKILL). Signal
+handlers only set a flag; the loop acts.
 """
 
 from __future__ import annotations
@@ -20,16 +29,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from reconciler import logs
-from reconciler.edge.config import EdgeConfig, parse_addr
+from reconciler.addr import format_addr, parse_addr
+from reconciler.aio import Service, run_until_signalled
+from reconciler.edge.config import EdgeConfig
 from reconciler.edge.server import RunningEdge, StatsSink, listen_socket, running_edge
 from reconciler.edge.source import RouteSource, StaticRouteSource
 from reconciler.errors import ConfigError, EdgeError, MycoError
 from reconciler.fabric.api import FabricAPI
 from reconciler.records import KEY_EDGE_STATS, EdgeStatsRecord, RouteRecord
+
+if TYPE_CHECKING:
+    from reconciler.fabric.joining import JoinSettings
 
 log = logging.getLogger("myco.edge")
 
@@ -41,9 +54,7 @@ class EdgeRunSpec:
     """Everything one edge process (or worker) needs; picklable for worker processes."""
 
     config: EdgeConfig
-    joins: tuple[str, ...] = ()
-    gossip_key: Path | None = None
-    gossip_bind: str = "127.0.0.1:0"
+    join: JoinSettings | None = None  # the fabric to read routes from; None: static_routes
     name: str = ""
     static_routes: tuple[RouteRecord, ...] = ()
     workers: int = 1
@@ -71,90 +82,131 @@ def loop_factory(name: LoopName) -> Callable[[], asyncio.AbstractEventLoop] | No
 def run(spec: EdgeRunSpec) -> int:
     """Run the edge until SIGTERM/SIGINT; the exit code."""
     if spec.verbosity <= 0:
-        # A daemon: its route changes and the per-app stats lines every interval are
-        # shown without -v (per-request details stay at debug level).
+        # A daemon: its start-up line, route changes and the per-app stats lines every
+        # interval are shown without -v (per-request details stay at debug level).
         logging.getLogger("myco.edge").setLevel(logging.INFO)
     if spec.workers > 1 and spec.worker_index < 0:
         return _supervise(spec)
-    with asyncio.Runner(loop_factory=loop_factory(spec.loop)) as runner:
-        runner.run(_serve(spec))
-    return 0
+    name = "edge" if spec.worker_index < 0 else f"edge worker {spec.worker_index}"
+
+    parent = os.getppid()
+
+    async def main(service: Service) -> None:
+        if spec.worker_index >= 0:
+            service.spawn("supervisor watch", _watch_parent(parent))
+        await serve(spec, service)
+
+    return run_until_signalled(main, name=name, loop_factory=loop_factory(spec.loop))
 
 
-async def _serve(spec: EdgeRunSpec) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def serve(spec: EdgeRunSpec, service: Service, *, source: RouteSource | None = None) -> None:
+    """One edge worker until cancelled; routes from ``source``, else the fabric or the
+    static routes of ``spec``."""
     cfg = spec.config
     sock = listen_socket(cfg.host, cfg.port, reuse_port=spec.worker_index >= 0)
     try:
-        if spec.joins:
-            await _serve_with_fabric(spec, sock, stop)
+        if source is None and spec.join is not None:
+            await _serve_with_fabric(spec, spec.join, service, sock)
         else:
-            source = StaticRouteSource(spec.static_routes)
-            await _serve_until(spec, source, sock, stop, None)
+            source = source or StaticRouteSource(spec.static_routes)
+            await _serve_until(spec, service, source, sock, None)
     finally:
         sock.close()
 
 
 async def _serve_until(
     spec: EdgeRunSpec,
+    service: Service,
     source: RouteSource,
     sock: socket.socket,
-    stop: asyncio.Event,
     sink: StatsSink | None,
     fabric: FabricAPI | None = None,
+    gossip: str = "",
 ) -> None:
     async with (
-        running_edge(spec.config, source, sock=sock, stats_sink=sink) as edge,
-        _admin(spec, edge, fabric),
+        running_edge(spec.config, source, sock=sock, stats_sink=sink, service=service) as edge,
+        _admin(spec, edge, fabric) as admin_url,
     ):
-        log.info(
-            "edge serving on %s (pid %d, %s server, loop %s)",
-            edge.url,
-            os.getpid(),
-            spec.config.server,
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
-        )
-        await stop.wait()
-        log.info("edge stopping: finishing %d request(s) in flight", edge.proxy.in_flight)
+        member = (fabric.name, gossip) if fabric is not None else None
+        log.info("%s", startup_line(spec, edge, admin_url, member))
+        try:
+            await asyncio.Event().wait()  # until the first signal cancels the service
+        finally:
+            log.info("edge stopping: finishing %d request(s) in flight", edge.proxy.in_flight)
 
 
-async def _serve_with_fabric(spec: EdgeRunSpec, sock: socket.socket, stop: asyncio.Event) -> None:
+def startup_line(
+    spec: EdgeRunSpec,
+    edge: RunningEdge,
+    admin_url: str | None,
+    member: tuple[str, str] | None,
+) -> str:
+    """What a person needs to reach and recognise this edge, in one line."""
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    parts = [
+        f"edge serving on {edge.url} (pid {os.getpid()}, {spec.config.server} server, loop {loop})"
+    ]
+    if admin_url is not None:
+        ui = f", dashboard {admin_url}/ui/" if member is not None else ""
+        parts.append(f"metrics {admin_url}/metrics{ui}")
+    if member is not None:
+        parts.append(f"fabric member {member[0]} gossip {member[1]}")
+    else:
+        parts.append(f"static routes for {len(spec.static_routes)} app(s)")
+    return "; ".join(parts)
+
+
+async def _watch_parent(parent: int) -> None:
+    """A worker outlives its supervisor by a second at most (then this task fails)."""
+    while True:  # a poll: nothing signals a parent's death (short of prctl)
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            raise EdgeError(f"the edge supervisor (pid {parent}) went away")
+
+
+def worker_join(join: JoinSettings, index: int) -> JoinSettings:
+    """Worker ``index``'s own gossip address: a fixed port (bind or advertised) plus ``index``."""
+    host, port = parse_addr(join.bind, error=EdgeError)
+    advertise = join.advertise
+    if advertise is not None and ":" in advertise:
+        ahost, aport = parse_addr(advertise, error=EdgeError)
+        advertise = format_addr(ahost, aport + index)
+    return replace(join, bind=format_addr(host, port + index if port else 0), advertise=advertise)
+
+
+async def _serve_with_fabric(
+    spec: EdgeRunSpec, join: JoinSettings, service: Service, sock: socket.socket
+) -> None:
     from reconciler.edge.source import FabricRouteSource
-    from reconciler.fabric import Keyring, open_fabric
 
-    keyring = Keyring.load(spec.gossip_key) if spec.gossip_key is not None else None
     name = spec.name or f"edge-{socket.gethostname()}-{os.getpid()}"
-    bind = spec.gossip_bind
     if spec.worker_index >= 0:  # every worker is a member of its own
         name = f"{name}-w{spec.worker_index}"
-        host, port = parse_addr(bind)
-        bind = f"{host}:{port + spec.worker_index if port else 0}"
-    async with open_fabric(name, bind=bind, seeds=spec.joins, keyring=keyring) as fabric:
+        join = worker_join(join, spec.worker_index)
+    async with join.open(name) as fabric:
 
         def publish(apps: dict[str, dict[str, Any]], at: float) -> None:
             fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())
 
-        await _serve_until(spec, FabricRouteSource(fabric), sock, stop, publish, fabric)
+        source = FabricRouteSource(fabric)
+        await _serve_until(spec, service, source, sock, publish, fabric, fabric.addr)
 
 
 @contextlib.asynccontextmanager
 async def _admin(
     spec: EdgeRunSpec, edge: RunningEdge, fabric: FabricAPI | None
-) -> AsyncIterator[None]:
+) -> AsyncIterator[str | None]:
     """``/metrics`` (and ``/ui`` when in a fabric) on their own address, off the proxy port:
-    on the proxy port they would shadow apps named ``metrics`` or ``ui``."""
+    on the proxy port they would shadow apps named ``metrics`` or ``ui``. Yields the URL."""
     if not spec.metrics_listen:
-        yield
+        yield None
         return
     from aiohttp import web
 
     from reconciler.observe.metrics import Metrics
     from reconciler.webserve import start_app
 
-    host, port = parse_addr(spec.metrics_listen)
+    host, port = parse_addr(spec.metrics_listen, what="--metrics-listen")
     if spec.worker_index >= 0 and port:
         port += spec.worker_index  # one admin port per worker
     metrics = Metrics("edge", fabric, scope="none")
@@ -166,14 +218,17 @@ async def _admin(
 
         setup_ui(app, fabric)
     runner, url = await start_app(app, host, port, "the edge's metrics")
-    log.info("edge metrics on %s/metrics", url)
     try:
-        yield
+        yield url
     finally:
         await runner.cleanup()
 
 
 def _worker_main(spec: EdgeRunSpec) -> None:
+    # Out of the terminal's process group: a Ctrl-C reaches the supervisor only, which
+    # stops the workers (SIGTERM, then SIGKILL on a second signal); were it to reach the
+    # workers too, the supervisor's SIGTERM would count as their second, forcing, signal.
+    os.setpgid(0, 0)
     logs.configure(spec.verbosity, spec.log_format)
     try:
         run(spec)
@@ -199,11 +254,11 @@ def _supervise(spec: EdgeRunSpec) -> int:
         raise EdgeError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
     port = int(reserve.getsockname()[1])
     ctx = multiprocessing.get_context("spawn")
-    stopping = False
+    signals = 0
 
     def on_signal(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True  # only a flag: the loop below acts on it
+        nonlocal signals
+        signals += 1  # only a count: the loops below act on it
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
 
@@ -216,9 +271,9 @@ def _supervise(spec: EdgeRunSpec) -> int:
     procs = [start(i) for i in range(spec.workers)]
     log.info("edge supervisor: %d workers on %s:%d", spec.workers, cfg.host, port)
     try:
-        while not stopping:
+        while not signals:
             for i, p in enumerate(procs):
-                if not p.is_alive() and not stopping:
+                if not p.is_alive() and not signals:
                     log.error("edge worker %d exited with %s; restarting", i, p.exitcode)
                     time.sleep(0.5)
                     procs[i] = start(i)
@@ -229,8 +284,12 @@ def _supervise(spec: EdgeRunSpec) -> int:
                 os.kill(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + cfg.shutdown_grace_s + 5.0
         for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
+            # a short join at a time, so that a second signal is acted on promptly
+            while p.is_alive() and time.monotonic() < deadline and signals < 2:
+                p.join(min(0.1, max(0.0, deadline - time.monotonic())))
             if p.is_alive():
+                if signals >= 2:
+                    log.warning("edge supervisor: second signal, killing worker %s", p.name)
                 p.kill()
                 p.join()
         for s, h in old.items():

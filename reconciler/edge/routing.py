@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from reconciler.addr import parse_addr
 from reconciler.edge.config import EjectionPolicy, RetryPolicy
 from reconciler.errors import EdgeError
 from reconciler.records import RouteRecord
@@ -93,10 +94,13 @@ class BackendState:
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgeError(f"bad backend endpoint {endpoint!r}: expected host:port")
-    return host.strip("[]"), int(port)
+    """``host:port`` or ``[v6]:port`` of a backend (a host and a non-zero port required)."""
+    host, port = parse_addr(
+        endpoint, default_host="", what="backend endpoint", error=EdgeError, allow_zero=False
+    )
+    if not host:
+        raise EdgeError(f"bad backend endpoint {endpoint!r}: expected HOST:PORT")
+    return host, port
 
 
 class AppRoute:

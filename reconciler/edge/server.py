@@ -3,7 +3,10 @@
 :func:`running_edge` is an async context manager that starts everything, yields a
 :class:`RunningEdge` once the first route set is applied and the socket listens, and on
 exit stops accepting, lets requests in flight finish (up to ``shutdown_grace_s``) and
-cancels and awaits its tasks.
+cancels and awaits its tasks. Given the process's :class:`~reconciler.aio.Service`, its
+long-running tasks (the route source, the stats and pool-sweep loops) are started with
+:meth:`Service.spawn`: one that fails or ends stops the whole process with a
+:class:`~reconciler.errors.ServiceFailed` naming it, instead of serving a stale table.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reconciler.edge.aiofront import aiohttp_handler
+from reconciler.edge.clients import HAVE_FAST_PATH, EdgeUpstream
 from reconciler.edge.config import EdgeConfig
-from reconciler.edge.proxy import HAVE_FAST_PATH, EdgeProxy, make_session
+from reconciler.edge.proxy import EdgeProxy
 from reconciler.edge.routing import RouteTable
 from reconciler.edge.source import RouteSource
 from reconciler.edge.stats import EdgeStats
@@ -28,6 +33,9 @@ from reconciler.errors import EdgeError
 from reconciler.records import RouteRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from reconciler.aio import Service
     from reconciler.edge.fastserver import FastServer
 
 log = logging.getLogger("myco.edge")
@@ -92,11 +100,13 @@ async def running_edge(
     sock: socket.socket | None = None,
     stats_sink: StatsSink | None = None,
     ready_timeout: float = 30.0,
+    service: Service | None = None,
 ) -> AsyncIterator[RunningEdge]:
     """Run one edge worker for the duration of the ``async with`` block.
 
     Without a ``source`` the table starts empty and the caller sets it
-    (:meth:`RunningEdge.set_routes`).
+    (:meth:`RunningEdge.set_routes`). With a ``service`` the worker's tasks belong to it
+    (see the module docstring); without one they are owned here, and a failure is logged.
     """
     own_sock = sock is None
     if sock is None:
@@ -104,19 +114,28 @@ async def running_edge(
     port = int(sock.getsockname()[1])
     table = RouteTable(config.ejection)
     stats = EdgeStats(time.monotonic())
-    session = make_session(config)
-    proxy = EdgeProxy(config, table, stats, session)
+    clients = EdgeUpstream(config)
+    proxy = EdgeProxy(config, table, stats, clients)
     edge = RunningEdge(config, table, stats, proxy, port)
-    # Tasks are owned here and cancelled and awaited on the way out. Not a TaskGroup:
+    # Cancelled and awaited on the way out. Without a service, not a TaskGroup of our own:
     # it would wrap the caller's own exceptions from the ``async with`` body in a group.
     tasks: list[asyncio.Task[None]] = []
+
+    def start(what: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        if service is not None:
+            task = service.spawn(what, coro)
+        else:
+            task = asyncio.create_task(coro, name=f"edge: {what}")
+        tasks.append(task)
+        return task
+
     try:
         if source is not None:
             ready = asyncio.Event()
-            tasks.append(asyncio.create_task(source.run(table.update, ready), name="edge-routes"))
-            await _wait_ready(ready, tasks[0], ready_timeout)
-        tasks.append(asyncio.create_task(_stats_loop(config, stats, stats_sink), name="edge-stats"))
-        tasks.append(asyncio.create_task(_sweep_loop(config, proxy), name="edge-pool-sweep"))
+            routes = start("route source", source.run(table.update, ready))
+            await _wait_ready(ready, routes, ready_timeout)
+        start("stats loop", _stats_loop(config, stats, stats_sink))
+        start("pool sweep", _sweep_loop(config, clients))
         async with _front_end(edge, sock):
             log.debug("edge (%s server) listening on %s:%d", config.server, config.host, port)
             yield edge
@@ -124,12 +143,11 @@ async def running_edge(
         for t in tasks:
             t.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        await session.close()
-        proxy.close()
+        await clients.aclose()
         if own_sock:
             sock.close()
         for r in results:
-            if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError):
+            if service is None and isinstance(r, Exception):
                 log.error("edge task failed: %s", r)
 
 
@@ -150,7 +168,7 @@ async def _front_end(edge: RunningEdge, sock: socket.socket) -> AsyncIterator[No
         return
     if config.server == "fast":  # pragma: no cover - depends on the installation
         log.warning("edge: httptools is not installed; serving with aiohttp")
-    server = web.Server(proxy.handle, access_log=None, keepalive_timeout=75.0)
+    server = web.Server(aiohttp_handler(proxy), access_log=None, keepalive_timeout=75.0)
     runner = web.ServerRunner(
         server, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
     )
@@ -174,12 +192,11 @@ async def _wait_ready(ready: asyncio.Event, task: asyncio.Task[None], within: fl
         raise EdgeError(f"no route table within {within:.0f}s")
 
 
-async def _sweep_loop(config: EdgeConfig, proxy: EdgeProxy) -> None:
+async def _sweep_loop(config: EdgeConfig, clients: EdgeUpstream) -> None:
     """Close pooled upstream connections idle for longer than the keep-alive time."""
     while True:
         await asyncio.sleep(config.pool.keepalive_s / 2)
-        if proxy.pool is not None:
-            proxy.pool.sweep()
+        clients.sweep()
 
 
 async def _stats_loop(config: EdgeConfig, stats: EdgeStats, sink: StatsSink | None) -> None:

@@ -6,6 +6,7 @@ measured, it capped the edge at a fifth of nginx. For the common case, a ``GET``
 a body, the edge writes the request head itself on a pooled keep-alive connection and
 parses the answer with ``httptools`` (llhttp, the parser of Node.js and uvicorn).
 Everything else (bodies, ``HEAD``, upgrades) still goes through aiohttp.
+:class:`LeanUpstream` is this client as an :class:`~.seam.Upstream`.
 
 Response bodies are streamed with flow control: the protocol pauses reading from the
 backend when more than ``_HIGH_WATER`` bytes wait for the client, so memory is bounded.
@@ -22,26 +23,20 @@ from typing import cast
 
 import httptools  # type: ignore[import-not-found,unused-ignore]  # optional: see docs/edge.md
 
-from reconciler.edge.config import PoolLimits, Timeouts
+from reconciler.edge.config import EdgeConfig, PoolLimits, Timeouts
+from reconciler.edge.downstream import Downstream
+from reconciler.edge.headers import downstream_from_raw
+from reconciler.edge.routing import BackendState
+from reconciler.edge.seam import (
+    UpstreamBrokenError,
+    UpstreamConnectError,
+    UpstreamRequest,
+    UpstreamTimeoutError,
+)
 
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
-
-
-class UpstreamConnectError(Exception):
-    """The backend could not be connected to (nothing was sent)."""
-
-
-class UpstreamBrokenError(Exception):
-    """The exchange broke after the request was sent (``response_started``: bytes came)."""
-
-    def __init__(self, message: str, response_started: bool) -> None:
-        super().__init__(message)
-        self.response_started = response_started
-
-
-class UpstreamTimeoutError(Exception):
-    """The backend did not answer (or stopped sending) within the read timeout."""
+_NO_BODY_STATUS = frozenset({204, 304})
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -292,3 +287,75 @@ class UpstreamPool:
                 c.close()
         self._idle.clear()
         self._idle_count = 0
+
+
+class LeanUpstream:
+    """:class:`~.seam.Upstream` for a ``GET`` without a body, over :class:`UpstreamPool`."""
+
+    __slots__ = ("config", "pool")
+
+    def __init__(self, config: EdgeConfig, pool: UpstreamPool) -> None:
+        self.config = config
+        self.pool = pool
+
+    async def send(self, backend: BackendState, request: UpstreamRequest) -> LeanResponse:
+        """Send the head; a pooled connection the backend had closed is replaced once."""
+        lines = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+        head = (
+            f"GET {request.target} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n{lines}\r\n"
+        ).encode("utf-8", "surrogateescape")
+        read = self.config.timeouts.read
+        pool = self.pool
+        conn = await pool.acquire(backend.host, backend.port)
+        try:
+            await conn.send(head, read)
+            return LeanResponse(self, conn, request.rid)
+        except UpstreamBrokenError as exc:
+            conn.close()
+            if not conn.reused or exc.response_started:
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        conn = await pool.connect(backend.host, backend.port)
+        try:
+            await conn.send(head, read)
+        except BaseException:
+            conn.close()
+            raise
+        return LeanResponse(self, conn, request.rid)
+
+
+class LeanResponse:
+    """An answer on a pooled connection; :meth:`close` gives the connection back."""
+
+    __slots__ = ("conn", "rid", "status", "upstream")
+
+    def __init__(self, upstream: LeanUpstream, conn: UpstreamConnection, rid: str) -> None:
+        self.upstream = upstream
+        self.conn = conn
+        self.rid = rid
+        self.status = conn.status
+
+    async def relay(self, down: Downstream) -> None:
+        conn = self.conn
+        config = self.upstream.config
+        headers = downstream_from_raw(conn.headers, rid=self.rid)
+        read = config.timeouts.read
+        length_s = headers.get("Content-Length")
+        length = int(length_s) if length_s is not None and length_s.isdigit() else None
+        if conn.status in _NO_BODY_STATUS or (
+            length is not None and length <= config.small_body_bytes
+        ):
+            body = conn.take_complete_body()
+            if body is None:
+                body = b"".join([chunk async for chunk in conn.body(read)])
+            await down.respond(conn.status, None, headers, body)
+            return
+        await down.start(conn.status, None, headers)
+        async for chunk in conn.body(read):
+            await down.write(chunk)
+        await down.end()
+
+    def close(self) -> None:
+        self.upstream.pool.release(self.conn)  # kept only when complete and reusable

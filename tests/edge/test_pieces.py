@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from reconciler.edge.config import parse_addr
+from reconciler.addr import parse_addr
 from reconciler.edge.headers import (
     Rfc3339Clock,
     downstream_response_headers,
