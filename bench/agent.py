@@ -42,8 +42,8 @@ from aiohttp import web
 from reconciler.fabric import open_fabric
 from reconciler.model import Dna, Health, RestartPolicy
 from reconciler.records import IntentInstance, IntentRecord, Nutrients, intents_key
-from reconciler.repo import SporeRepo
 from reconciler.repo.http import repo_app
+from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import build_spore
 from reconciler.spore.keys import generate_keypair
 

@@ -83,13 +83,13 @@ def _measure(
 
     def on_change(observer: str, c: Change) -> None:
         if c.key == "bench/key" and c.value is not None and observer not in key_seen:
-            key_seen[observer] = sim.sched.now()
+            key_seen[observer] = sim.clock.now()
 
     def on_member(observer: str, m: Member) -> None:
         if m.state != "dead":
             return
-        if m.name == victim and sim.sched.now() >= killed_at:
-            dead_seen.setdefault(observer, sim.sched.now())
+        if m.name == victim and sim.clock.now() >= killed_at:
+            dead_seen.setdefault(observer, sim.clock.now())
         else:
             false_pos.add((observer, m.name))
 
@@ -100,7 +100,7 @@ def _measure(
     bytes0 = sum(sim.net.bytes_sent.values())
 
     # 1. A new key published by one member.
-    t0 = sim.sched.now()
+    t0 = sim.clock.now()
     sim.nodes[names[0]].publish("bench/key", {"v": 1})
     need = math.ceil(0.9999 * nodes)
     sim.run_until(lambda: len(key_seen) >= nodes, within=60.0, step=0.05)
@@ -109,17 +109,17 @@ def _measure(
     t_100 = times[nodes - 1] if len(times) >= nodes else None
 
     # 2. A member killed (no leave): when do the first and the last of the others notice.
-    killed_at = sim.sched.now()
+    killed_at = sim.clock.now()
     sim.kill(victim)
     live = nodes - 1
     sim.run_until(lambda: len(dead_seen) >= live, within=120.0, step=0.1)
     det = sorted(t - killed_at for t in dead_seen.values())
 
     # 3. The rest of the simulated time: false positives among live members.
-    rest = minutes * 60.0 - (sim.sched.now() - warmup)
+    rest = minutes * 60.0 - (sim.clock.now() - warmup)
     if rest > 0:
         sim.run(rest)
-    duration = sim.sched.now() - warmup
+    duration = sim.clock.now() - warmup
     sent = sum(sim.net.bytes_sent.values()) - bytes0
     return {
         "nodes": nodes,

@@ -1,13 +1,14 @@
-"""Fakes for the agent's seams: a scripted process runner and a virtual clock.
+"""A fake for the agent's process seam: a scripted runner on virtual time.
 
-:class:`VirtualClock` jumps forward instead of sleeping, so restart backoff and health
-intervals run in no real time. :class:`FakeRunner` "starts" processes that exit with a
-scripted code after a scripted (virtual) lifetime; it never creates a real process.
+:class:`FakeRunner` "starts" processes that exit with a scripted code after a scripted
+lifetime on a :class:`~reconciler.clock.VirtualClock` (whose ``sleep`` jumps forward, so
+restart backoff and health intervals take no real time); it never creates a process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 from collections.abc import Iterable
@@ -15,33 +16,7 @@ from dataclasses import dataclass
 
 from reconciler.agent.nutrients import Limits
 from reconciler.agent.runner import LaunchSpec, ProcInfo
-
-
-class VirtualClock:
-    """``sleep`` advances virtual time at once (and yields to the loop); ``sleeps`` logs it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self._moved = asyncio.Event()
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(seconds, 0.0)
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()
-        await asyncio.sleep(0)
-
-    async def until(self, when: float) -> None:
-        """Wait (without real time passing) until someone's sleep moved the clock past."""
-        while self.now < when:
-            await self._moved.wait()
+from reconciler.clock import Handle, VirtualClock
 
 
 @dataclass(frozen=True)
@@ -61,25 +36,38 @@ class FakeRunner:
         self.started: list[LaunchSpec] = []
         self._pids = itertools.count(10_000)
         self._ends: dict[int, tuple[float, int]] = {}
+        self._wakers: dict[int, asyncio.Future[None]] = {}
         self.signals: list[tuple[int, int]] = []
 
     def start(self, spec: LaunchSpec) -> ProcInfo:
         run = self.script.popleft() if self.script else Script(0, float("inf"))
         pid = next(self._pids)
         self.started.append(spec)
-        self._ends[pid] = (self.clock.now + run.lifetime_s, run.code)
+        self._ends[pid] = (self.clock.now() + run.lifetime_s, run.code)
         return ProcInfo(pid, pid)
 
     def adopt(self, info: ProcInfo) -> bool:
         end = self._ends.get(info.pid)
-        return end is not None and self.clock.now < end[0]
+        return end is not None and self.clock.now() < end[0]
 
     async def wait(self, info: ProcInfo) -> int | None:
+        """Until the scripted end (a timer on the clock) or a kill (:meth:`signal` wakes)."""
         while True:
             end_at, code = self._ends[info.pid]
-            if self.clock.now >= end_at:
+            if self.clock.now() >= end_at:
                 return code
-            await self.clock.until(end_at if end_at != float("inf") else self.clock.now + 1e-9)
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._wakers[info.pid] = woken
+            timer: Handle | None = None
+            if end_at != float("inf"):
+                timer = self.clock.call_at(end_at, functools.partial(_wake, woken))
+            try:
+                await woken
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if self._wakers.get(info.pid) is woken:
+                    del self._wakers[info.pid]
 
     def members(self, info: ProcInfo, instance_id: str, node: str, limits: Limits) -> set[int]:
         return {info.pid} if self.adopt(info) else set()
@@ -87,5 +75,13 @@ class FakeRunner:
     def signal(self, info: ProcInfo, instance_id: str, node: str, limits: Limits, sig: int) -> None:
         self.signals.append((info.pid, sig))
         end_at, _ = self._ends[info.pid]
-        if end_at > self.clock.now:
-            self._ends[info.pid] = (self.clock.now, -sig)
+        if end_at > self.clock.now():
+            self._ends[info.pid] = (self.clock.now(), -sig)
+            woken = self._wakers.get(info.pid)
+            if woken is not None:
+                _wake(woken)
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)

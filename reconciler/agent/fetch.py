@@ -36,8 +36,9 @@ from reconciler.errors import (
     RepoError,
     SporeFormatError,
 )
-from reconciler.repo import check_digest
+from reconciler.files import atomic_write
 from reconciler.repo.http import fetch_spore
+from reconciler.repo.store import check_digest
 from reconciler.spore.extract import extract_spore
 from reconciler.spore.manifest import SporeManifest
 from reconciler.spore.trust import TrustPolicy
@@ -177,5 +178,5 @@ class SporeCache:
             os.replace(tmp / "p", final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        done.write_text(verified.digest + "\n")
+        atomic_write(done, verified.digest + "\n")  # its fsync of the directory covers both
         return final

@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconciler.agent.nutrients import Limits
 from reconciler.agent.runner import ProcInfo
+from reconciler.files import atomic_write as atomic_write  # re-exported (deprecated)
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 
@@ -78,20 +77,6 @@ class PersistedInstance:
             started_at=float(d.get("started_at", 0.0)),
             restarts=int(d.get("restarts", 0)),
         )
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateDir:

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +28,8 @@ from reconciler.agent.nutrients import Enforcer, oom_kills
 from reconciler.agent.policy import RestartTracker
 from reconciler.agent.runner import LaunchSpec, ProcessRunner, ProcInfo
 from reconciler.agent.state import PersistedInstance, StateDir
+from reconciler.clock import Clock as _Clock
+from reconciler.clock import RealClock as _RealClock
 from reconciler.records import InstanceRecord, Phase
 
 log = logging.getLogger("myco.agent")
@@ -36,23 +37,24 @@ log = logging.getLogger("myco.agent")
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
 
 
-class Clock(Protocol):
+class Clock(_Clock, Protocol):
+    """Deprecated: the agent's old clock shape; use :class:`reconciler.clock.Clock`."""
+
     def monotonic(self) -> float: ...
 
     def time(self) -> float: ...
 
-    async def sleep(self, seconds: float) -> None: ...
 
+class RealClock(_RealClock):
+    """Deprecated: :class:`reconciler.clock.RealClock` with the old method names."""
 
-class RealClock:
+    __slots__ = ()
+
     def monotonic(self) -> float:
-        return time.monotonic()
+        return self.now()
 
     def time(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        return self.wall()
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Supervisor:
         settings: SupervisorSettings,
         report: Report,
         routed: RouteCheck,
-        clock: Clock | None = None,
+        clock: _Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.p = persisted
@@ -98,7 +100,7 @@ class Supervisor:
         self.settings = settings
         self._report = report
         self._routed = routed
-        self.clock = clock or RealClock()
+        self.clock: _Clock = clock or _RealClock()
         self.tracker = RestartTracker(persisted.config.restart, rng or random.Random())
         self.tracker.restarts = persisted.restarts
         self._stop = asyncio.Event()
@@ -168,10 +170,10 @@ class Supervisor:
             restarts=self.tracker.restarts,
             rss_mb=rss,
             cpu_percent=cpu,
-            updated_at=self.clock.time(),
+            updated_at=self.clock.wall(),
             **fields,  # type: ignore[arg-type]
         )
-        self._stats_at = self.clock.monotonic()
+        self._stats_at = self.clock.now()
         self._report(self.record)
 
     def _usage(self) -> tuple[float, float]:
@@ -190,13 +192,13 @@ class Supervisor:
 
     def _refresh_usage(self) -> None:
         """Re-publish resource usage now and then (not on every health check)."""
-        if self.clock.monotonic() - self._stats_at < self.settings.stats_every_s:
+        if self.clock.now() - self._stats_at < self.settings.stats_every_s:
             return
         rss, cpu = self._usage()
-        self._stats_at = self.clock.monotonic()
+        self._stats_at = self.clock.now()
         if abs(rss - self.record.rss_mb) >= 1.0 or abs(cpu - self.record.cpu_percent) >= 5.0:
             self.record = replace(
-                self.record, rss_mb=rss, cpu_percent=cpu, updated_at=self.clock.time()
+                self.record, rss_mb=rss, cpu_percent=cpu, updated_at=self.clock.wall()
             )
             self._report(self.record)
 
@@ -229,7 +231,7 @@ class Supervisor:
         # posix_spawn blocks until the child has exec'd: on a busy host that is a few ms,
         # so it runs off the event loop (health checks of the others go on meanwhile).
         info = await asyncio.to_thread(self.runner.start, spec)
-        self.p = replace(self.p, proc=info, started_at=self.clock.time())
+        self.p = replace(self.p, proc=info, started_at=self.clock.wall())
         self.p = replace(self.p, restarts=self.tracker.restarts)
         self.state.save(self.p)
         log.info("started %s pid %s (%s)", c.instance_id, info.pid, self.p.limits.mechanism)
@@ -263,7 +265,7 @@ class Supervisor:
             if oom:
                 mb = self.p.config.nutrients.memory_mb
                 why = f"killed by the OOM killer (memory limit {mb} MiB)"
-            verdict = self.tracker.record_failure(self.clock.monotonic(), code, bool(unhealthy_msg))
+            verdict = self.tracker.record_failure(self.clock.now(), code, bool(unhealthy_msg))
             log.info("%s: %s; %s", self.instance_id, why, verdict.reason)
             if verdict.crash_loop:
                 lines = tail_lines(self.log_path, self.settings.tail_lines)
@@ -288,7 +290,7 @@ class Supervisor:
         """Health-check until the process ends ("") or turns unhealthy (the reason)."""
         assert self._wait is not None
         h = self.p.config.health
-        start = self.clock.monotonic()
+        start = self.clock.now()
         ready = False
         bad = 0
         step = self.settings.first_check_s
@@ -318,7 +320,7 @@ class Supervisor:
                     self._refresh_usage()
                 continue
             if not ready:
-                if self.clock.monotonic() - start > h.grace_s:
+                if self.clock.now() - start > h.grace_s:
                     return f"not healthy within {h.grace_s:g}s"
                 cap = min(h.interval_s, self.settings.max_starting_check_s)
                 step = min(step * 1.5, max(cap, self.settings.first_check_s))
@@ -339,13 +341,13 @@ class Supervisor:
 
         if members():
             self.runner.signal(info, c.instance_id, c.node, lim, signal.SIGTERM)
-            deadline = self.clock.monotonic() + grace
-            while members() and self.clock.monotonic() < deadline:
+            deadline = self.clock.now() + grace
+            while members() and self.clock.now() < deadline:
                 await self.clock.sleep(0.02)
-        deadline = self.clock.monotonic() + self.settings.kill_wait_s
+        deadline = self.clock.now() + self.settings.kill_wait_s
         while members():
             self.runner.signal(info, c.instance_id, c.node, lim, signal.SIGKILL)
-            if self.clock.monotonic() > deadline:
+            if self.clock.now() > deadline:
                 log.error("%s: processes %s survive SIGKILL", c.instance_id, sorted(members()))
                 break
             await self.clock.sleep(0.01)
@@ -357,8 +359,8 @@ class Supervisor:
         c = self.p.config
         if info is not None and self.runner.adopt(info):
             self._set("draining", healthy=False, message="withering")
-            deadline = self.clock.monotonic() + self.settings.drain_timeout_s
-            while self._routed(self.endpoint) and self.clock.monotonic() < deadline:
+            deadline = self.clock.now() + self.settings.drain_timeout_s
+            while self._routed(self.endpoint) and self.clock.now() < deadline:
                 await self.clock.sleep(0.05)
             await self.clock.sleep(min(self.settings.drain_delay_s, self.settings.drain_timeout_s))
             await self._terminate(info, c.restart.stop_grace_s, wait=True)

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reconciler.addr import format_addr, parse_addr
 from reconciler.errors import ConfigError, GardenInvalid, UsageError
 from reconciler.garden import find_repo_root, read_app_file, read_garden
 from reconciler.home import state_dir
 from reconciler.model import AppSpec
-from reconciler.repo import SporeRepo
+from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import BuiltSpore, build_spore
 from reconciler.spore.extract import extract_spore
 from reconciler.spore.keys import fingerprint, generate_keypair, load_public_key
@@ -286,14 +287,13 @@ def cmd_repo_serve(args: argparse.Namespace) -> int:
 
     from reconciler.repo.http import repo_app
 
-    host, _, port = args.bind.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--bind wants HOST:PORT, not {args.bind!r}")
+    host, port = parse_addr(args.bind, what="--bind", error=UsageError)
+    where = format_addr(host, port)
     web.run_app(
         repo_app(SporeRepo(Path(args.repo))),
         host=host,
-        port=int(port),
-        print=lambda _msg: print(f"serving {args.repo} on http://{host}:{port}/spores/"),
+        port=port,
+        print=lambda _msg: print(f"serving {args.repo} on http://{where}/spores/"),
     )
     return 0
 

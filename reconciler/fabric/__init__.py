@@ -1,29 +1,78 @@
-"""The gossip control fabric (DESIGN §3): SWIM + Lifeguard membership, Scuttlebutt state.
+"""The gossip control fabric: SWIM + Lifeguard membership, Scuttlebutt state.
 
-Other parts use :class:`Fabric` (which implements :class:`~.api.FabricAPI`), usually
-through :func:`open_fabric`; tests may use :func:`open_memory_fabric` with a
-:class:`~.memory.MemoryNetwork`.
+Public API (see docs/fabric.md)::
+
+    open_fabric(name, bind, seeds, ...) -> async context of Fabric   # UDP + TCP
+    open_memory_fabric(name, MemoryNetwork(RealClock()), seeds)      # tests of other parts
+    JoinSettings(...).open(name)                                     # how daemons join
+    Fabric: FabricAPI  # publish/delete/get/items/members/subscribe/join/leave/close
+
+Time comes from an injected :class:`~reconciler.clock.Clock` (re-exported here with
+:class:`~reconciler.clock.RealClock` and :class:`~reconciler.clock.VirtualClock`).
 """
 
-from .api import Change, FabricAPI, JSONValue, Member
-from .clock import AsyncioScheduler, VirtualScheduler
-from .config import FabricConfig
-from .fabric import Fabric, Subscription, open_fabric, open_memory_fabric
-from .keyring import Keyring
-from .memory import MemoryNetwork
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.clock import Clock, RealClock, VirtualClock
+    from reconciler.clock import RealClock as AsyncioScheduler  # noqa: F401 (deprecated)
+    from reconciler.fabric.api import Change, FabricAPI, JSONValue, Member
+    from reconciler.fabric.config import FabricConfig
+    from reconciler.fabric.fabric import Fabric, Subscription, open_fabric, open_memory_fabric
+    from reconciler.fabric.joining import JoinSettings
+    from reconciler.fabric.keyring import Keyring
+    from reconciler.fabric.memory import MemoryNetwork
+
+# Loaded on first use: importing a submodule (the codec, the config) or the front door for
+# one name should not pull in the engine, the sockets and the crypto.
+_LAZY = {
+    "Clock": "reconciler.clock",
+    "RealClock": "reconciler.clock",
+    "VirtualClock": "reconciler.clock",
+    "Change": "reconciler.fabric.api",
+    "FabricAPI": "reconciler.fabric.api",
+    "JSONValue": "reconciler.fabric.api",
+    "Member": "reconciler.fabric.api",
+    "FabricConfig": "reconciler.fabric.config",
+    "Fabric": "reconciler.fabric.fabric",
+    "Subscription": "reconciler.fabric.fabric",
+    "open_fabric": "reconciler.fabric.fabric",
+    "open_memory_fabric": "reconciler.fabric.fabric",
+    "JoinSettings": "reconciler.fabric.joining",
+    "Keyring": "reconciler.fabric.keyring",
+    "MemoryNetwork": "reconciler.fabric.memory",
+}
+# Deprecated names kept until their last importers move (not in ``__all__``).
+_ALIASES = {"AsyncioScheduler": ("reconciler.clock", "RealClock")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
+    alias = _ALIASES.get(name)
+    if alias is not None:
+        return getattr(importlib.import_module(alias[0]), alias[1])
+    raise AttributeError(f"module 'reconciler.fabric' has no attribute {name!r}")
+
 
 __all__ = [
-    "AsyncioScheduler",
     "Change",
+    "Clock",
     "Fabric",
     "FabricAPI",
     "FabricConfig",
     "JSONValue",
+    "JoinSettings",
     "Keyring",
     "Member",
     "MemoryNetwork",
+    "RealClock",
     "Subscription",
-    "VirtualScheduler",
+    "VirtualClock",
     "open_fabric",
     "open_memory_fabric",
 ]

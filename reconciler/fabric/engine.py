@@ -1,6 +1,6 @@
 """The protocol core: SWIM + Lifeguard membership and Scuttlebutt state, without I/O.
 
-Everything arrives through :meth:`Engine.receive` and the injected scheduler's timers;
+Everything arrives through :meth:`Engine.receive` and the injected clock's timers;
 everything leaves through the transport's ``send_packet``/``send_stream``. So the same code
 runs on asyncio sockets, on the in-memory network of the unit tests and in the simulator.
 Structure and figures follow hashicorp/memberlist (state.go, suspicion.go, awareness.go);
@@ -15,12 +15,12 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from reconciler.clock import Clock, Handle
 from reconciler.errors import PacketError
 
 from . import codec
 from ._queue import BroadcastQueue
 from .api import Change, JSONValue, Member
-from .clock import Handle, Scheduler
 from .codec import (
     ALIVE,
     DEAD,
@@ -78,10 +78,10 @@ class _Suspicion:
     ) -> None:
         self.engine, self.name, self.inc = engine, name, inc
         self.k, self.lo, self.hi = k, lo, hi
-        self.start = engine.sched.now()
+        self.start = engine.clock.now()
         self.confirmers = {src}
         self.n = 0
-        self.handle: Handle = engine.sched.call_later(self.timeout(), self._fire)
+        self.handle: Handle = engine.clock.call_later(self.timeout(), self._fire)
 
     def timeout(self) -> float:
         if self.k < 1:
@@ -95,8 +95,8 @@ class _Suspicion:
         self.confirmers.add(src)
         self.n += 1
         self.handle.cancel()
-        left = self.timeout() - (self.engine.sched.now() - self.start)
-        self.handle = self.engine.sched.call_later(max(0.0, left), self._fire)
+        left = self.timeout() - (self.engine.clock.now() - self.start)
+        self.handle = self.engine.clock.call_later(max(0.0, left), self._fire)
         return True
 
     def _fire(self) -> None:
@@ -121,7 +121,7 @@ class Engine:
         self,
         name: str,
         transport: Transport,
-        sched: Scheduler,
+        clock: Clock,
         config: FabricConfig | None = None,
         *,
         keyring: Keyring | None = None,
@@ -137,7 +137,7 @@ class Engine:
         self.name = name
         self.transport = transport
         self.addr = transport.addr
-        self.sched = sched
+        self.clock = clock
         self.cfg = config or FabricConfig.lan()
         self.keyring = keyring
         self.cluster = cluster.encode()
@@ -153,7 +153,7 @@ class Engine:
         self.bq = BroadcastQueue(self._wake_gossip, max_size=self.cfg.packet_budget - 64)
         self._addr_owner: dict[str, str] = {self.addr: name}
         self.members: dict[str, MemberInfo] = {
-            name: MemberInfo(name, self.addr, incarnation, ALIVE, sched.now())
+            name: MemberInfo(name, self.addr, incarnation, ALIVE, clock.now())
         }
         self._live: list[str] = []  # alive or suspect, self excluded (O(1) random picks)
         self._live_ix: dict[str, int] = {}
@@ -202,11 +202,11 @@ class Engine:
                 return
             nxt = fn()
             if nxt is not None and self._running:
-                self._timers[name] = self.sched.call_later(nxt, tick)
+                self._timers[name] = self.clock.call_later(nxt, tick)
             else:
                 self._timers.pop(name, None)  # idle until woken (see _wake_gossip)
 
-        self._timers[name] = self.sched.call_later(delay, tick)
+        self._timers[name] = self.clock.call_later(delay, tick)
 
     # --- the public face ----------------------------------------------------------------
 
@@ -222,7 +222,7 @@ class Engine:
             raise ValueError("a key is 1..1024 characters")
         version = self.next_version()
         entry = self.store.set_own(self.name, key, value, version, deleted)
-        self._recent[self.name] = self.sched.now()
+        self._recent[self.name] = self.clock.now()
         self.bq.queue(("s", self.name, key), entry)
         self._emit(Change(self.name, key, None if deleted else value, version))
         return version
@@ -269,7 +269,7 @@ class Engine:
         for addr in addrs:
             if addr == self.addr:
                 continue
-            self._known[addr] = self.sched.now()
+            self._known[addr] = self.clock.now()
             nonce = self._next_seq()
             if on_reply is not None:
                 self._joins[nonce] = on_reply
@@ -390,7 +390,7 @@ class Engine:
         """Up to ``k`` distinct random live members (and recently dead ones if asked)."""
         pool: Sequence[str] = self._live
         if include_dead:
-            horizon = self.sched.now() - self.cfg.gossip_to_dead
+            horizon = self.clock.now() - self.cfg.gossip_to_dead
             members = self.members
             dead = [
                 n for n in self._gone if members[n].state == DEAD and members[n].since >= horizon
@@ -435,7 +435,7 @@ class Engine:
         else:
             self._gone.discard(m.name)
         if m.state == DEAD:
-            self._known[m.addr] = self.sched.now()
+            self._known[m.addr] = self.clock.now()
         if was != now:
             self._reveal(m.name, now)
         if self.on_member is not None and old_state != m.state:
@@ -455,14 +455,14 @@ class Engine:
     def seed_member(self, name: str, addr: str, inc: int = 0) -> None:
         """Know a member without gossip (the simulator's bootstrap of a large cluster)."""
         if name not in self.members and name != self.name:
-            self.members[name] = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
+            self.members[name] = MemberInfo(name, addr, inc, ALIVE, self.clock.now())
             self._addr_owner[addr] = name
             order = self._probe_order
             order.insert(int(self.rng.random() * (len(order) + 1)), name)
             self._set_live(name, True)
 
     def _add_member(self, name: str, addr: str, inc: int, broadcast: bool = True) -> None:
-        m = MemberInfo(name, addr, inc, ALIVE, self.sched.now())
+        m = MemberInfo(name, addr, inc, ALIVE, self.clock.now())
         self.members[name] = m
         self._addr_owner[addr] = name
         # memberlist inserts new nodes at a random position of the probe order.
@@ -487,7 +487,7 @@ class Engine:
         m.inc, m.addr, m.state = a.inc, a.addr, ALIVE
         self._addr_owner[a.addr] = a.name
         if old != ALIVE:
-            m.since = self.sched.now()
+            m.since = self.clock.now()
         s = self._suspicions.pop(a.name, None)
         if s is not None:
             s.handle.cancel()
@@ -506,7 +506,7 @@ class Engine:
             if sus is not None and sus.confirm(s.src):
                 self.bq.queue(("m", s.name), s)
             return
-        m.inc, m.state, m.since = s.inc, SUSPECT, self.sched.now()
+        m.inc, m.state, m.since = s.inc, SUSPECT, self.clock.now()
         n = len(self._live) + 1
         k = self.cfg.suspicion_mult - 2
         if n - 2 < k:
@@ -534,7 +534,7 @@ class Engine:
                 self._refute(d.inc)
             return
         old = m.state
-        m.inc, m.since = d.inc, self.sched.now()
+        m.inc, m.since = d.inc, self.clock.now()
         m.state = LEFT if d.src == d.name else DEAD
         s = self._suspicions.pop(d.name, None)
         if s is not None:
@@ -632,8 +632,8 @@ class Engine:
                 log.debug("fabric %s: probe of %s failed, suspecting", self.name, m.name)
                 self._on_suspect(Suspect(m.name, m.inc, self.name))
 
-        self.sched.call_later(self._scale(self.cfg.probe_timeout), no_direct_ack)
-        self.sched.call_later(interval * 0.95, finish)
+        self.clock.call_later(self._scale(self.cfg.probe_timeout), no_direct_ack)
+        self.clock.call_later(interval * 0.95, finish)
 
     def _on_ping(self, p: Ping, stream: bool) -> None:
         if p.target != self.name:
@@ -668,7 +668,7 @@ class Engine:
                 self._send_packet(r.src_addr, [Nack(r.seq)], piggyback=False)
 
         # Lifeguard: the nack leaves at 80% of the probe timeout, so it arrives in time.
-        self.sched.call_later(self.cfg.probe_timeout * 0.8, expire)
+        self.clock.call_later(self.cfg.probe_timeout * 0.8, expire)
 
     # --- gossip, anti-entropy, push-pull ------------------------------------------------
 
@@ -701,7 +701,7 @@ class Engine:
         digest = self.store.digest(owners)
         wire = codec.encode_one(Digest(self.name, self.addr, True, digest))
         if len(wire) + 1 > c.digest_udp_max:
-            now = self.sched.now()
+            now = self.clock.now()
             horizon = now - c.recent_window
             for o in [o for o, t in self._recent.items() if t < horizon]:
                 del self._recent[o]
@@ -773,7 +773,7 @@ class Engine:
         if m is None:
             return
         if self.store.apply(e):
-            self._recent[e.owner] = self.sched.now()
+            self._recent[e.owner] = self.clock.now()
             if rebroadcast:
                 self.bq.queue(("s", e.owner, e.key), e)
             if m.state in (ALIVE, SUSPECT):
@@ -850,7 +850,7 @@ class Engine:
     # --- reaping and partition healing --------------------------------------------------
 
     def _reap_tick(self) -> float:
-        now = self.sched.now()
+        now = self.clock.now()
         for name in list(self._gone):
             m = self.members[name]
             if now - m.since > self.cfg.reap_after:

@@ -9,10 +9,10 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from reconciler.clock import Clock, RealClock
 from reconciler.errors import FabricError
 
 from .api import Change, JSONValue, Member
-from .clock import AsyncioScheduler, Scheduler
 from .config import FabricConfig
 from .engine import Engine, Stats
 from .keyring import Keyring
@@ -66,27 +66,27 @@ class Fabric:
         cluster: str = "myco",
         seeds: Sequence[str] = (),
         state_dir: Path | str | None = None,
-        scheduler: Scheduler | None = None,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not name or len(name) > 256:
             raise FabricError("a member name is 1..256 characters")
         self.config = config or FabricConfig.local()
-        self._sched = scheduler or AsyncioScheduler()
+        self._clock = clock or RealClock()
         floor, reserve = version_source(
-            Path(state_dir) if state_dir is not None else None, self._sched.wall()
+            Path(state_dir) if state_dir is not None else None, self._clock.wall()
         )
         self._subs: set[Subscription] = set()
         self.engine = Engine(
             name,
             transport,
-            self._sched,
+            self._clock,
             self.config,
             keyring=keyring,
             cluster=cluster,
             rng=rng,
             version_floor=floor,
-            incarnation=int(self._sched.wall()),
+            incarnation=int(self._clock.wall()),
             reserve_versions=reserve,
             on_change=self._on_change,
             seeds=seeds,
@@ -258,12 +258,12 @@ async def open_memory_fabric(
 ) -> AsyncIterator[Fabric]:
     """A member on an in-memory network (real asyncio time): for other parts' tests.
 
-    Make the network with ``MemoryNetwork(AsyncioScheduler())`` inside the running loop.
+    Make the network with ``MemoryNetwork(RealClock())``.
     """
     transport = network.transport(addr)
     fabric = Fabric(
         name, transport, config=config or FabricConfig.local(), keyring=keyring,
-        cluster=cluster, seeds=seeds, state_dir=state_dir, scheduler=network.scheduler,
+        cluster=cluster, seeds=seeds, state_dir=state_dir, clock=network.clock,
     )  # fmt: skip
     fabric.start()
     try:

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from reconciler.errors import KeyFileError, PacketError
+from reconciler.files import atomic_write
 
 VERSION_PLAIN = 0
 VERSION_AESGCM = 1
@@ -71,17 +72,12 @@ class Keyring:
         path = Path(path)
         if path.exists() and not force:
             raise KeyFileError(f"{path} exists (use --force to overwrite)")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         data = "".join(base64.b64encode(k).decode("ascii") + "\n" for k in self._keys)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, data, 0o600, exclusive=not force)
+        except FileExistsError as exc:
+            raise KeyFileError(f"{path} exists (use --force to overwrite)") from exc
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise KeyFileError(f"cannot write key file {path}: {exc}") from exc
 
     @property

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from reconciler import logs
 from reconciler.errors import MycoError
+from reconciler.files import atomic_write
 
 from .fabric import Fabric, open_fabric
 from .keyring import Keyring
@@ -43,9 +43,7 @@ def _status(fabric: Fabric) -> dict[str, object]:
 
 
 def _write(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, sort_keys=True), durable=False)  # a status dump
 
 
 async def _run(a: argparse.Namespace) -> int:

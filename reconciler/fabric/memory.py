@@ -1,6 +1,6 @@
 """An in-memory network for tests and the simulator: latency, loss and partitions.
 
-Packets are delivered through the injected scheduler after ``latency`` (plus jitter), lost
+Packets are delivered through the injected clock after ``latency`` (plus jitter), lost
 with probability ``loss``; streams are never lost but do not cross a partition or reach a
 member that is down. Every byte sent is counted per sender.
 """
@@ -11,21 +11,22 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from .clock import Scheduler
+from reconciler.clock import Clock
+
 from .transport import Receiver
 
 
 class MemoryNetwork:
     def __init__(
         self,
-        scheduler: Scheduler,
+        clock: Clock,
         *,
         latency: float = 0.001,
         jitter: float = 0.0,
         loss: float = 0.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.scheduler = scheduler
+        self.clock = clock
         self.latency = latency
         self.jitter = jitter
         self.loss = loss
@@ -38,10 +39,10 @@ class MemoryNetwork:
         self.bytes_sent: defaultdict[str, int] = defaultdict(int)
         self.packets_sent: defaultdict[str, int] = defaultdict(int)
         self._next_port = 1
-        # A delivery is never cancelled: the virtual scheduler's handle-less ``post``.
-        post = getattr(scheduler, "post", None)
+        # A delivery is never cancelled: the virtual clock's handle-less ``post``.
+        post = getattr(clock, "post", None)
         self._post: Callable[[float, Callable[[], None]], object] = (
-            post if post is not None else scheduler.call_later
+            post if post is not None else clock.call_later
         )
 
     def transport(self, addr: str | None = None) -> MemoryTransport:

@@ -9,8 +9,9 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reconciler.clock import VirtualClock
+
 from .api import Change, Member
-from .clock import VirtualScheduler
 from .config import FabricConfig
 from .engine import Engine
 from .keyring import Keyring
@@ -32,9 +33,9 @@ class SimCluster:
     ) -> None:
         self.config = config or FabricConfig.lan()
         self.rng = random.Random(seed)
-        self.sched = VirtualScheduler()
+        self.clock = VirtualClock()
         self.net = MemoryNetwork(
-            self.sched, latency=latency, jitter=jitter, loss=loss, rng=random.Random(seed + 1)
+            self.clock, latency=latency, jitter=jitter, loss=loss, rng=random.Random(seed + 1)
         )
         self.keyring = keyring
         self.cluster = cluster
@@ -60,19 +61,19 @@ class SimCluster:
         transport = self.net.transport(
             addr or f"10.0.{len(self.nodes) // 250}.{len(self.nodes) % 250 + 1}:7946"
         )
-        floor, reserve = version_source(state_dir, self.sched.wall())
+        floor, reserve = version_source(state_dir, self.clock.wall())
         self.changes[name] = []
         self.member_events[name] = []
 
         def changed(c: Change) -> None:
             if self.record:
-                self.changes[name].append((self.sched.now(), c))
+                self.changes[name].append((self.clock.now(), c))
             if self.on_change is not None:
                 self.on_change(name, c)
 
         def member(m: Member) -> None:
             if self.record:
-                self.member_events[name].append((self.sched.now(), m))
+                self.member_events[name].append((self.clock.now(), m))
             if self.on_member is not None:
                 self.on_member(name, m)
 
@@ -80,7 +81,7 @@ class SimCluster:
         node = Engine(
             name,
             transport,
-            self.sched,
+            self.clock,
             config or self.config,
             keyring=ring,
             cluster=cluster or self.cluster,
@@ -108,15 +109,15 @@ class SimCluster:
         self.net.set_down(addr, False)
 
     def run(self, seconds: float) -> None:
-        self.sched.run_for(seconds)
+        self.clock.advance(seconds)
 
     def run_until(self, cond: Callable[[], bool], within: float, step: float = 0.05) -> bool:
         """Advance virtual time until ``cond()``; False if ``within`` virtual seconds pass."""
-        end = self.sched.now() + within
-        while self.sched.now() < end:
+        end = self.clock.now() + within
+        while self.clock.now() < end:
             if cond():
                 return True
-            self.sched.run_for(step)
+            self.clock.advance(step)
         return cond()
 
     def state_of(self, observer: str, target: str) -> str | None:

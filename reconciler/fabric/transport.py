@@ -6,8 +6,12 @@ in-memory network of the tests and on the simulator's virtual time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Protocol
+
+from reconciler.addr import parse_addr
+from reconciler.errors import FabricError
 
 #: receiver(src_addr, data, stream): ``stream`` is True for data that came over TCP.
 Receiver = Callable[[str, bytes, bool], None]
@@ -30,14 +34,15 @@ class Transport(Protocol):
         ...
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too) -> (host, port); ValueError if malformed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"not host:port: {addr!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    p = int(port)
-    if not 0 <= p <= 65535:
-        raise ValueError(f"bad port in {addr!r}")
-    return host, p
+def member_addr(addr: str, what: str = "member address") -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> (host, port); :class:`FabricError` if malformed.
+
+    :func:`reconciler.addr.parse_addr` with the fabric's error type at its seam.
+    """
+    return parse_addr(addr, what=what, error=FabricError)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_addr(addr: str) -> tuple[str, int]:
+    """:func:`member_addr` of a peer, cached: every packet sent names one."""
+    return member_addr(addr)

@@ -15,7 +15,7 @@ import struct
 
 from reconciler.errors import FabricError
 
-from .transport import Receiver, split_addr
+from .transport import Receiver, member_addr, peer_addr
 
 log = logging.getLogger("myco.fabric")
 
@@ -55,10 +55,7 @@ class UdpTcpTransport:
     ) -> UdpTcpTransport:
         """Bind TCP and UDP on the same port (``:0`` picks a free one)."""
         self = cls(max_stream_bytes, stream_timeout)
-        try:
-            host, port = split_addr(bind)
-        except ValueError as exc:
-            raise FabricError(f"bad bind address {bind!r}: {exc}") from exc
+        host, port = member_addr(bind, "fabric bind address")
         loop = asyncio.get_running_loop()
         last: OSError | None = None
         for _ in range(20 if port == 0 else 1):
@@ -98,8 +95,8 @@ class UdpTcpTransport:
         if self._udp is None or self._closing:
             return
         try:
-            self._udp.sendto(data, split_addr(addr))
-        except (OSError, ValueError) as exc:
+            self._udp.sendto(data, peer_addr(addr))
+        except (OSError, FabricError) as exc:
             log.debug("fabric: udp send to %s failed: %s", addr, exc)
 
     def send_stream(self, addr: str, data: bytes) -> None:
@@ -112,12 +109,12 @@ class UdpTcpTransport:
     async def _stream(self, addr: str, data: bytes) -> None:
         writer: asyncio.StreamWriter | None = None
         try:
-            host, port = split_addr(addr)
+            host, port = peer_addr(addr)
             async with asyncio.timeout(self._timeout):
                 _, writer = await asyncio.open_connection(host, port)
                 writer.write(_LEN.pack(len(data)) + data)
                 await writer.drain()
-        except (OSError, ValueError, TimeoutError) as exc:
+        except (OSError, FabricError, TimeoutError) as exc:
             log.debug("fabric: stream to %s failed: %s", addr, exc)
         finally:
             if writer is not None:

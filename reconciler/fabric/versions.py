@@ -7,11 +7,11 @@ everything it may have published, even if the wall clock went back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.errors import ConfigError
+from reconciler.files import atomic_write
 
 FILE_NAME = "fabric-version"
 
@@ -33,14 +33,8 @@ class VersionFile:
             raise ConfigError(f"{self.path}: not a version number") from exc
 
     def store(self, version: int) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="ascii") as fh:
-                fh.write(f"{version}\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, f"{version}\n")
         except OSError as exc:
             raise ConfigError(f"cannot write {self.path}: {exc}") from exc
 

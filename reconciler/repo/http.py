@@ -8,11 +8,8 @@ matches; it is the consumer's job to verify signature and trust afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +22,8 @@ from reconciler.errors import (
     NotFoundError,
     RepoError,
 )
-from reconciler.repo import DIGEST_RE, SporeRepo, check_digest
+from reconciler.files import atomic_writer
+from reconciler.repo.store import DIGEST_RE, SporeRepo, check_digest
 from reconciler.spore.archive import CHUNK
 
 log = logging.getLogger("myco.repo")
@@ -84,32 +82,25 @@ async def fetch_spore(
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     url = f"{base_url.rstrip('/')}/spores/{digest}"
-    fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{digest[:12]}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                async with session.get(url) as resp:
-                    if resp.status == 404:
-                        raise NotFoundError(f"{url}: no such spore")
-                    if resp.status != 200:
-                        raise FetchError(f"{url}: HTTP {resp.status}")
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise RepoError(f"{url}: spore larger than {max_bytes} bytes")
-                        h.update(chunk)
-                        out.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    target = dest_dir / f"{digest}.spore"
+    h = hashlib.sha256()
+    size = 0
+    # Not fsynced: a download lost in a crash is fetched again (and re-hashed before use).
+    with atomic_writer(target, 0o644, durable=False) as out:
+        try:
+            async with session.get(url) as resp:
+                if resp.status == 404:
+                    raise NotFoundError(f"{url}: no such spore")
+                if resp.status != 200:
+                    raise FetchError(f"{url}: HTTP {resp.status}")
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise RepoError(f"{url}: spore larger than {max_bytes} bytes")
+                    h.update(chunk)
+                    out.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
         if h.hexdigest() != digest:
             raise IntegrityError(f"{url}: body hashes to {h.hexdigest()}, not {digest}")
-        target = dest_dir / f"{digest}.spore"
-        os.replace(tmp, target)
-        return target
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    return target

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import SporeError
+from reconciler.files import atomic_writer
 from reconciler.model import Dna
 from reconciler.spore.archive import CHUNK, MANIFEST, PAYLOAD, SIGNATURE, SUFFIX
 from reconciler.spore.keys import load_private_key
@@ -148,33 +148,22 @@ def build_spore(
     private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key)
     files = scan_source(dna.source) if files is None else sorted(files, key=lambda s: s.path)
     manifest = manifest_for(dna, files)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / spore_filename(manifest)
-    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as out:
-            with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
-                # Payload first: its bytes are hashed as one region signed in the manifest.
-                for src, entry in zip(files, manifest.files, strict=True):
-                    _write_payload(zf, src, entry)
-                out.flush()
-                region_end = out.tell()
-                region = _digest_of(out.fileno(), region_end)
-                manifest = replace(manifest, payload=PayloadDigest(region, region_end))
-                manifest_bytes = manifest.canonical_bytes()
-                _write_small(zf, MANIFEST, manifest_bytes)
-                signature = SignatureRecord.sign(private, manifest_bytes)
-                _write_small(zf, SIGNATURE, signature.to_bytes())
+    target = Path(out_dir) / spore_filename(manifest)
+    with atomic_writer(target, 0o644) as out:
+        with zipfile.ZipFile(out, "w", allowZip64=True) as zf:
+            # Payload first: its bytes are hashed as one region signed in the manifest.
+            for src, entry in zip(files, manifest.files, strict=True):
+                _write_payload(zf, src, entry)
             out.flush()
-            os.fsync(out.fileno())
-            digest = _digest_of(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            region_end = out.tell()
+            region = _digest_of(out.fileno(), region_end)
+            manifest = replace(manifest, payload=PayloadDigest(region, region_end))
+            manifest_bytes = manifest.canonical_bytes()
+            _write_small(zf, MANIFEST, manifest_bytes)
+            signature = SignatureRecord.sign(private, manifest_bytes)
+            _write_small(zf, SIGNATURE, signature.to_bytes())
+        out.flush()
+        digest = _digest_of(out.fileno())
     log.info("built %s (%s) digest %s", target, manifest.name, digest)
     return BuiltSpore(target, digest, manifest)
 

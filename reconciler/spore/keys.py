@@ -8,9 +8,7 @@ fingerprint: ``ed25519:`` and the first 16 hex digits of SHA-256 over the raw pu
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from reconciler.errors import KeyFileError
+from reconciler.files import atomic_write
 
 MAX_KEY_FILE = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -60,32 +59,17 @@ def generate_keypair(out_dir: Path, name: str, force: bool = False) -> tuple[Pat
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(key_path, key_pem, 0o600, replace=force)
-    _write_atomic(pub_path, public_pem(private.public_key()), 0o644, replace=force)
+    _write_key_file(key_path, key_pem, 0o600, force)
+    _write_key_file(pub_path, public_pem(private.public_key()), 0o644, force)
     return key_path, pub_path
 
 
-def _write_atomic(path: Path, data: bytes, mode: int, replace: bool) -> None:
-    """Write to a temp file created with ``mode`` in the same directory, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_key_file(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Atomically; unless ``force``, never clobber a file (even one that appeared meanwhile)."""
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
-            os.unlink(tmp)
+        atomic_write(path, data, mode, exclusive=not force)
     except FileExistsError as exc:
-        os.unlink(tmp)
         raise KeyFileError(f"{path} already exists (use --force to overwrite)") from exc
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_small(path: Path) -> bytes:

@@ -21,8 +21,8 @@ from reconciler.records import (
     instance_key,
     intents_key,
 )
-from reconciler.repo import SporeRepo
 from reconciler.repo.http import repo_app
+from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import build_spore
 from reconciler.spore.keys import generate_keypair
 

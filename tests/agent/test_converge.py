@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from reconciler.agent.converge import Start, Stop, converge, free_credits, pick_intent
@@ -76,3 +79,13 @@ def test_free_credits_account_for_what_is_placed() -> None:
     assert free_credits(cap, []) == cap
     assert free_credits(cap, [Nutrients(100, 64)] * 3) == Nutrients(1700, 832)
     assert free_credits(cap, [Nutrients(3000, 0)]).cpu_milli == -1000
+
+
+def test_importing_the_pure_decision_pulls_in_no_process_or_http_machinery() -> None:
+    code = (
+        "import sys, reconciler.agent.converge\n"
+        "heavy = {'aiohttp', 'psutil', 'reconciler.agent.agent', 'reconciler.agent.supervisor'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

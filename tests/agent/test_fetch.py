@@ -13,8 +13,8 @@ from aiohttp import web
 
 from reconciler.agent.fetch import FetchSettings, SporeCache
 from reconciler.errors import FetchError, TrustError
-from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
+from reconciler.repo.store import SporeRepo
 from reconciler.spore.keys import generate_keypair
 from reconciler.spore.trust import TrustPolicy
 from tests.agent.mesh import make_spore

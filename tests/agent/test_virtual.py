@@ -10,11 +10,13 @@ from pathlib import Path
 
 import aiohttp
 
-from reconciler.agent.fake import FakeRunner, Script, VirtualClock
-from reconciler.agent.nutrients import Enforcer
+from reconciler.agent.fake import FakeRunner, Script
+from reconciler.agent.nutrients import Enforcer, Limits
 from reconciler.agent.policy import backoff_delay
+from reconciler.agent.runner import LaunchSpec
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
+from reconciler.clock import VirtualClock
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import InstanceRecord, Nutrients
 from tests.helpers import async_wait_for, free_port
@@ -43,7 +45,7 @@ async def _drive(
     tmp_path: Path, runs: list[Script], policy: RestartPolicy, until: Until, seed: int = 42
 ) -> tuple[list[InstanceRecord], VirtualClock, FakeRunner]:
     """Run one supervisor on virtual time until ``until`` holds, then wither it."""
-    clock = VirtualClock()
+    clock = VirtualClock(start=1000.0)
     runner = FakeRunner(clock, runs)
     enforcer = Enforcer("vnode", prefer="rlimit")  # nothing touches the host's cgroups
     reports: list[InstanceRecord] = []
@@ -101,3 +103,23 @@ async def test_a_long_lived_run_between_crashes_is_no_loop(tmp_path: Path) -> No
     )
     assert len(runner.started) == 4
     assert all(r.phase != "failed" for r in reports)
+
+
+async def test_fake_processes_end_on_the_clock_or_when_killed(tmp_path: Path) -> None:
+    clock = VirtualClock(start=1000.0)
+    runner = FakeRunner(clock, [Script(3, lifetime_s=5.0), Script(0, float("inf"))])
+    limits = Limits(mechanism="rlimit")
+
+    def spec(name: str) -> LaunchSpec:
+        return LaunchSpec(name, "n", ("x",), tmp_path, {}, tmp_path / f"{name}.log", limits)
+
+    short, forever = runner.start(spec("a")), runner.start(spec("b"))
+    waits = [asyncio.ensure_future(runner.wait(p)) for p in (short, forever)]
+    await clock.sleep(4.0)
+    assert not any(w.done() for w in waits)
+    await clock.sleep(1.0)
+    assert await asyncio.wait_for(waits[0], 5) == 3
+    assert not waits[1].done()
+    runner.signal(forever, "b", "n", limits, 9)  # no time passes: the kill alone wakes it
+    assert await asyncio.wait_for(waits[1], 5) == -9
+    assert not runner.adopt(forever)

@@ -12,11 +12,11 @@ import pytest
 from reconciler.cli import main as myco
 from reconciler.errors import KeyFileError
 from reconciler.fabric import (
-    AsyncioScheduler,
     Change,
     FabricAPI,
     Keyring,
     MemoryNetwork,
+    RealClock,
     open_fabric,
     open_memory_fabric,
 )
@@ -31,7 +31,7 @@ async def next_change(it: object, within: float = 5.0) -> Change:
 
 
 async def test_publish_subscribe_view_members_on_the_memory_network() -> None:
-    net = MemoryNetwork(AsyncioScheduler())
+    net = MemoryNetwork(RealClock())
     async with open_memory_fabric("a", net) as a:
         sub = a.subscribe("routes/")
         async with open_memory_fabric("b", net, seeds=[a.addr]) as b:
@@ -66,7 +66,7 @@ async def test_publish_subscribe_view_members_on_the_memory_network() -> None:
 
 
 async def test_join_counts_answers_and_tolerates_silence() -> None:
-    net = MemoryNetwork(AsyncioScheduler())
+    net = MemoryNetwork(RealClock())
     async with open_memory_fabric("a", net) as a, open_memory_fabric("b", net) as b:
         c_addr = "10.0.0.99:1"  # nobody there
         b.config = b.config.with_(join_timeout=0.3)

@@ -107,12 +107,12 @@ def test_suspicion_timeout_shrinks_with_independent_confirmations() -> None:
 
 def test_killed_member_is_declared_dead_within_the_suspicion_window() -> None:
     sim = cluster(5)
-    killed_at = sim.sched.now()
+    killed_at = sim.clock.now()
     sim.kill("m2")
     lo, hi = LOCAL.suspicion_timeouts(5)
     bound = LOCAL.probe_interval * 5 + hi  # a probe round plus the longest suspicion
     assert sim.run_until(lambda: sim.all_see("m2", "dead"), within=bound)
-    assert sim.sched.now() - killed_at >= lo
+    assert sim.clock.now() - killed_at >= lo
 
 
 def test_dead_members_are_reaped_and_their_state_dropped() -> None:

@@ -125,7 +125,7 @@ def test_versions_never_go_back_across_a_restart_with_state_dir(tmp_path: Path) 
     sim.kill("b")
     sim.revive_addr(b.addr)
     # Restart with the wall clock set far back: the persisted mark still wins.
-    sim.sched._wall_offset -= 10_000
+    sim.clock.shift_wall(-10_000)
     b2 = sim.add("b", addr=b.addr, state_dir=tmp_path)
     b2.publish("node", {"gen": 2})
     new = b2.store.get("b", "node")
@@ -147,7 +147,7 @@ def test_without_state_dir_an_earlier_life_is_outvoted_and_its_keys_withdrawn() 
     top = b.store.watermark("b")
     sim.kill("b")
     sim.revive_addr(b.addr)
-    sim.sched._wall_offset -= 10_000  # the clock went back: the time floor is lower now
+    sim.clock.shift_wall(-10_000)  # the clock went back: the time floor is lower now
     b2 = sim.add("b", addr=b.addr)
     b2.join([first.addr])
     assert sim.run_until(lambda: b2.store.watermark("b") > top, within=10)

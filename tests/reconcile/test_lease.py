@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from reconciler.fabric import AsyncioScheduler, Fabric, MemoryNetwork, open_memory_fabric
+from reconciler.clock import RealClock, VirtualClock
+from reconciler.fabric import Fabric, MemoryNetwork, open_memory_fabric
 from reconciler.reconcile.lease import Lease, LeaseConfig
 from reconciler.records import KEY_LEASE, LeaseRecord
 from tests.helpers import async_wait_for
@@ -15,17 +16,9 @@ from tests.helpers import async_wait_for
 CFG = LeaseConfig(ttl_s=3.0, renew_s=1.0, settle_s=0.5)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 async def fabrics() -> AsyncIterator[list[Fabric]]:
-    net = MemoryNetwork(AsyncioScheduler())
+    net = MemoryNetwork(RealClock())
     async with contextlib.AsyncExitStack() as stack:
         first = await stack.enter_async_context(open_memory_fabric("r0", net))
         out = [first]
@@ -45,16 +38,18 @@ def converged(fabrics: list[Fabric], leases: list[Lease]) -> bool:
     return True
 
 
-async def settle(fabrics: list[Fabric], leases: list[Lease], clock: Clock, dt: float) -> None:
+async def settle(
+    fabrics: list[Fabric], leases: list[Lease], clock: VirtualClock, dt: float
+) -> None:
     for lease in leases:
         lease.step()
     await async_wait_for(lambda: converged(fabrics, leases), what="lease records spread")
-    clock.t += dt
+    clock.advance(dt)
 
 
 async def test_one_active_claims_expiry_and_step_down(fabrics: list[Fabric]) -> None:
-    clock = Clock()
-    leases = [Lease(f, CFG, wall=clock) for f in fabrics]
+    clock = VirtualClock(wall_start=1000.0)  # the leases' wall time only
+    leases = [Lease(f, CFG, wall=clock.wall) for f in fabrics]
     # All claim at once (the same epoch); after settle_s the highest name wins.
     for _ in range(4):
         await settle(fabrics, leases, clock, 0.3)
@@ -78,13 +73,13 @@ async def test_one_active_claims_expiry_and_step_down(fabrics: list[Fabric]) -> 
 
 
 async def test_a_claim_is_above_every_epoch_ever_seen(fabrics: list[Fabric]) -> None:
-    clock = Clock()
-    old = LeaseRecord("gone", 41, clock.t - 100)  # expired, from a past reconciler
+    clock = VirtualClock(wall_start=1000.0)  # the leases' wall time only
+    old = LeaseRecord("gone", 41, clock.wall() - 100)  # expired, from a past reconciler
     fabrics[0].publish(KEY_LEASE, old.to_json())  # type: ignore[arg-type]
-    lease = Lease(fabrics[1], CFG, wall=clock)
+    lease = Lease(fabrics[1], CFG, wall=clock.wall)
     await async_wait_for(lambda: fabrics[1].get("r0", KEY_LEASE) is not None, what="spread")
     lease.step()
-    clock.t += 1.0
+    clock.advance(1.0)
     lease.step()
     assert lease.active
     assert lease.epoch == 42

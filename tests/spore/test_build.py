@@ -119,3 +119,15 @@ def test_build_verify_extract_stream_big_files(dna, keys, trust, tmp_path):
         tracemalloc.stop()
     assert (tmp_path / "x" / "big.bin").stat().st_size == 24 << 20
     assert peak < 8 << 20, f"peak Python allocation {peak} bytes"
+
+
+def test_a_failed_build_leaves_the_previous_spore_and_no_partial_file(dna, keys, built):
+    before = built.path.read_bytes()
+    files = scan_source(dna.source)
+    gone = files[-1].source
+    gone.rename(gone.with_name(gone.name + ".moved"))  # vanishes after the scan
+    with pytest.raises(FileNotFoundError):
+        build_spore(dna, keys.key, built.path.parent, files)
+    assert [p.name for p in built.path.parent.iterdir()] == ["billing-1.0.0.spore"]
+    assert built.path.read_bytes() == before
+    assert built.path.stat().st_mode & 0o777 == 0o644

@@ -196,3 +196,10 @@ def test_demo_walks_through_and_is_repeatable(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "demo", "--garden", str(tmp_path / "none"))
     assert code == 1
     assert "no garden" in err
+
+
+def test_repo_serve_refuses_a_bad_bind_address(capsys, tmp_path):
+    for bad in ("8070", "host:http", "::1:8070", "127.0.0.1:70000"):
+        code, _, err = run(capsys, "repo", "serve", "--repo", str(tmp_path), "--bind", bad)
+        assert code == 2, bad
+        assert err.startswith("myco: error: bad --bind"), err

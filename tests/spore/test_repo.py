@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from reconciler.errors import CorruptObjectError, NotFoundError, RepoError, SporeFormatError
-from reconciler.repo import RepoEntry, SporeRepo
+from reconciler.repo.store import RepoEntry, SporeRepo
 from reconciler.spore.build import build_spore
 
 

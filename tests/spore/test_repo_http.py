@@ -8,8 +8,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from reconciler.errors import FetchError, IntegrityError, NotFoundError
-from reconciler.repo import SporeRepo
 from reconciler.repo.http import fetch_spore, repo_app
+from reconciler.repo.store import SporeRepo
 
 
 @pytest.fixture
