@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from zlib import crc32
 
+from reconciler.addr import format_addr
 from reconciler.core.model import Actual, Desired, DesiredApp
 from reconciler.model import AppSpec, Deployment, Dna, Rollout
 from reconciler.records import InstanceRecord, NodeRecord, Nutrients
@@ -101,7 +102,11 @@ def agents_step(
         elif old.phase == "starting" and inst.digest not in stall:
             port = (ports or {}).get(iid, 10000 + crc32(iid.encode()) % 50000)
             instances[iid] = replace(
-                old, phase="ready", healthy=True, endpoint=f"127.0.0.1:{port}", updated_at=now
+                old,
+                phase="ready",
+                healthy=True,
+                endpoint=format_addr("127.0.0.1", port),
+                updated_at=now,
             )
         else:
             instances[iid] = old

@@ -1,4 +1,8 @@
-"""The garden: format v1 (DESIGN §5), its loader, validator, typed model, Git source, watcher.
+"""The garden: the directory of YAML documents that says what should run (format v1).
+
+Its safe loader, schema validator and cross-document rules, the builder from a document to
+the domain model (:mod:`reconciler.model`: ``AppSpec`` = ``Dna`` + ``Deployment``), the Git
+source and the watcher; docs/garden.md says how and why.
 
 Public API (see docs/INTERFACES.md)::
 

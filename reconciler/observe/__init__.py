@@ -1,4 +1,6 @@
-"""Observe the mesh (DESIGN §9 ``observe/``): status, logs, metrics, dashboard, webhooks.
+"""Observe the mesh: status, logs, metrics, dashboard and webhooks, built from the fabric view.
+
+Every service mounts these pieces, so any member can show the whole mesh:
 
 - :mod:`.snapshot` — a frozen fabric view and its wire format (``GET /v1/fabric``).
 - :mod:`.status` — pure: snapshot -> :class:`MeshStatus`; :mod:`.render` — tables, JSON.
@@ -7,14 +9,66 @@
 - :mod:`.feed`, :mod:`.ui` — the live dashboard at ``/ui/`` (server-sent events).
 - :mod:`.notify` — webhook notifications.
 
-:mod:`.metrics` (which needs ``prometheus_client``) is not imported here, so that the CLI
-verbs work without it: ``from reconciler.observe.metrics import Metrics``.
+Names are re-exported lazily: importing this package (or the pure :mod:`.status`) loads
+neither aiohttp nor prometheus_client. :mod:`.metrics` is not re-exported at all:
+``from reconciler.observe.metrics import Metrics``.
 """
 
-from .notify import Event, WebhookConfig, WebhookNotifier, notify_from_fabric, status_events
-from .snapshot import Entry, FabricSnapshot, snapshot_from_json, snapshot_of
-from .status import AppView, InstanceView, MeshStatus, NodeView, build_status
-from .ui import UiConfig, setup_ui, ui_app
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.observe.notify import (
+        Event,
+        WebhookConfig,
+        WebhookNotifier,
+        notify_from_fabric,
+        status_events,
+    )
+    from reconciler.observe.snapshot import (
+        Entry,
+        FabricSnapshot,
+        snapshot_from_json,
+        snapshot_of,
+    )
+    from reconciler.observe.status import (
+        AppView,
+        InstanceView,
+        MeshStatus,
+        NodeView,
+        build_status,
+    )
+    from reconciler.observe.ui import UiConfig, setup_ui, ui_app
+
+_LAZY = {
+    "Event": "reconciler.observe.notify",
+    "WebhookConfig": "reconciler.observe.notify",
+    "WebhookNotifier": "reconciler.observe.notify",
+    "notify_from_fabric": "reconciler.observe.notify",
+    "status_events": "reconciler.observe.notify",
+    "Entry": "reconciler.observe.snapshot",
+    "FabricSnapshot": "reconciler.observe.snapshot",
+    "snapshot_from_json": "reconciler.observe.snapshot",
+    "snapshot_of": "reconciler.observe.snapshot",
+    "AppView": "reconciler.observe.status",
+    "InstanceView": "reconciler.observe.status",
+    "MeshStatus": "reconciler.observe.status",
+    "NodeView": "reconciler.observe.status",
+    "build_status": "reconciler.observe.status",
+    "UiConfig": "reconciler.observe.ui",
+    "setup_ui": "reconciler.observe.ui",
+    "ui_app": "reconciler.observe.ui",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reconciler.observe' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AppView",

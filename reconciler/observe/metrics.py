@@ -20,9 +20,9 @@ with a ``status``/``phase`` label (as kube-state-metrics does).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -38,9 +38,6 @@ from reconciler import __version__
 from reconciler.fabric.api import FabricAPI
 
 from .snapshot import FabricSnapshot, snapshot_of
-
-if TYPE_CHECKING:
-    from reconciler.edge.stats import Lifetime
 from .status import build_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -290,11 +287,34 @@ class EdgeMetrics:
         self.latency.labels(app=label).observe(seconds)
 
 
-class EdgeStatsCollector(Collector):
-    """The edge's own never-reset counters (:class:`reconciler.edge.stats.Lifetime`), read
-    at scrape time: the hot path only bumps integers, it never calls prometheus_client."""
+class LifetimeCounters(Protocol):
+    """What :class:`EdgeStatsCollector` reads: the edge's ``reconciler.edge.stats.Lifetime``.
 
-    def __init__(self, lifetime: Lifetime) -> None:
+    Stated here so that observe (below the services) does not import the edge.
+    """
+
+    @property
+    def codes(self) -> Mapping[tuple[str, int], int]:
+        """Answers by (app, HTTP status)."""
+
+    @property
+    def buckets(self) -> Mapping[str, Sequence[int]]:
+        """Per app, latencies counted per bound of ``bounds`` (the last slot: above all)."""
+
+    @property
+    def sums(self) -> Mapping[str, float]:
+        """Per app, the sum of latencies in seconds."""
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The histogram's upper bounds in seconds, ascending."""
+
+
+class EdgeStatsCollector(Collector):
+    """The edge's own never-reset counters (:class:`LifetimeCounters`), read at scrape
+    time: the hot path only bumps integers, it never calls prometheus_client."""
+
+    def __init__(self, lifetime: LifetimeCounters) -> None:
         self._lifetime = lifetime
 
     def describe(self) -> list[Metric]:
@@ -366,7 +386,7 @@ class Metrics:
             self._edge = EdgeMetrics(self.registry)
         return self._edge
 
-    def add_edge_stats(self, lifetime: Lifetime) -> None:
+    def add_edge_stats(self, lifetime: LifetimeCounters) -> None:
         """Export the edge's lifetime counters (requests by app and code, latency)."""
         self.registry.register(EdgeStatsCollector(lifetime))
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from tenacity import (
     wait_random,
 )
 
+from reconciler.clock import Clock, RealClock
 from reconciler.errors import ConfigError, UnavailableError
 from reconciler.fabric.api import FabricAPI
 
@@ -124,8 +124,12 @@ class _Retryable(UnavailableError):
 
 
 class WebhookNotifier:
-    def __init__(self, config: WebhookConfig) -> None:
+    """Deliver events to one webhook; ``clock`` (default: real time) stamps events and
+    times the retry backoff, so tests run it on a :class:`~reconciler.clock.VirtualClock`."""
+
+    def __init__(self, config: WebhookConfig, *, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock: Clock = clock if clock is not None else RealClock()
         self._queue: asyncio.Queue[Event] = asyncio.Queue(config.queue_size)
         self.sent = 0
         self.failed = 0
@@ -134,7 +138,7 @@ class WebhookNotifier:
     def notify(self, event: Event) -> bool:
         """Queue ``event`` (stamped with the time); False if the queue is full (dropped)."""
         if not event.at:
-            stamp = datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="seconds")
+            stamp = datetime.fromtimestamp(self.clock.wall(), UTC).isoformat(timespec="seconds")
             event = Event(**{**asdict(event), "at": stamp.replace("+00:00", "Z")})
         try:
             self._queue.put_nowait(event)
@@ -175,6 +179,7 @@ class WebhookNotifier:
             wait=wait_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s)
             + wait_random(0, cfg.backoff_initial_s),
             retry=retry_if_exception_type(_Retryable),
+            sleep=self.clock.sleep,
         )
         try:
             async for attempt in retrying:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from reconciler.clock import VirtualClock
 from reconciler.errors import ConfigError
 from reconciler.observe.notify import (
     Event,
@@ -124,6 +125,18 @@ async def test_delivers_json_after_retrying_5xx_and_429(receiver: Receiver) -> N
         "source": "myco", "kind": "health", "app": "billing", "previous": "Healthy",
         "current": "Degraded", "event": "", "reason": "2 of 3 failed", "revision": "r1",
     }  # fmt: skip
+
+
+async def test_the_clock_stamps_events_and_times_the_backoff(receiver: Receiver) -> None:
+    receiver.replies = [503, 503]
+    clock = VirtualClock(wall_start=1_800_000_000.0)
+    config = WebhookConfig(receiver.url, backoff_initial_s=60.0, backoff_max_s=600.0)
+    n = WebhookNotifier(config, clock=clock)
+    await deliver(n, EV)  # two minutes and more of backoff, in no real time
+    assert (n.sent, n.failed, receiver.hits) == (1, 0, 3)
+    assert receiver.got[0]["at"] == "2027-01-15T08:00:00Z"
+    assert len(clock.sleeps) == 2
+    assert all(s >= 60.0 for s in clock.sleeps)
 
 
 async def test_gives_up_after_the_attempts_and_goes_on(receiver: Receiver) -> None:
