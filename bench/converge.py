@@ -124,7 +124,9 @@ async def measure(tmp: Path) -> dict[str, float | int]:
             async with Load(url, rps=200) as load:
                 await asyncio.sleep(0.5)
                 t0 = time.monotonic()
-                for p in victims:
+                # The agent is frozen, not killed: `myco up` would restart a killed one.
+                victims[0].suspend()
+                for p in victims[1:]:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         p.kill()
 
@@ -136,8 +138,11 @@ async def measure(tmp: Path) -> dict[str, float | int]:
                     )
                     return all(i.node != node for i in status.instances if i.app == "billing")
 
-                t1 = await wait_until(replaced, 60)
-                await asyncio.sleep(0.5)
+                try:
+                    t1 = await wait_until(replaced, 60)
+                    await asyncio.sleep(0.5)
+                finally:
+                    victims[0].resume()
             out["node_death_replace_s"] = round(t1 - t0, 3)
             out["node_death_failed_requests"] = len(load.result.failed)
             out["node_death_requests"] = load.result.sent

@@ -1,28 +1,38 @@
 """A steady-rate HTTP load for end-to-end tests and benchmarks (loopback only).
 
 ``async with Load(url, rps=150) as load: ...`` sends GET requests at a fixed rate with a
-bounded number in flight, and records every outcome: status, time, and the JSON body's
-``version`` and ``instance`` fields when the workload answers with them.
+bounded number in flight, and records every outcome: status, send and finish times, and
+the JSON body's ``version`` and ``instance`` fields when the workload answers with them.
+
+Every request is exactly one attempt on a connection of its own (``Connection: close``),
+written with asyncio streams rather than an HTTP client library: a client library with a
+connection pool retries an idempotent request on a dropped keep-alive connection without
+saying so (aiohttp does, once), which would hide the very failures a test looks for. A
+request has a deadline (``timeout_s``, connect to last byte); one still unfinished when the
+load stops is recorded as failed, never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from urllib.parse import urlsplit
 
-import aiohttp
+UNFINISHED = "unfinished when the load stopped"
 
 
 @dataclass
 class Outcome:
     at: float  # monotonic time the request was sent
-    status: int  # 0 for a connection error or timeout
+    status: int  # 0 for a connection error, a timeout or an unfinished request
     version: str = ""
     instance: str = ""
     error: str = ""
+    done: float = 0.0  # monotonic time the outcome was known
 
 
 @dataclass
@@ -36,6 +46,10 @@ class LoadResult:
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status != 200]
+
+    def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
+        """The outcomes of the requests sent in ``[start, end)``, in send order."""
+        return sorted((o for o in self.outcomes if start <= o.at < end), key=lambda o: o.at)
 
     def versions_after(self, t: float) -> set[str]:
         return {o.version for o in self.outcomes if o.at >= t and o.status == 200}
@@ -52,23 +66,84 @@ class LoadResult:
         return max(last_other or seen[0], seen[0])
 
 
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"expected an http:// URL, got {url!r}")
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.hostname, parts.port or 80, path)
+
+    def request(self) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {host}:{self.port}\r\n"
+            "User-Agent: myco-loadgen\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        ).encode("ascii")
+
+
+async def get_once(target: Target) -> tuple[int, bytes]:
+    """One GET on a new connection: (status, body). Raises on any transport error."""
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(target.request())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        if not version.startswith("HTTP/1."):
+            raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
+        status = int(rest[:3])
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        else:
+            body = await reader.read()  # until the server closes (Connection: close)
+        return status, body
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    out = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")  # no trailers expected
+            return bytes(out)
+        out += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
 class Load:
     def __init__(
         self, url: str, rps: float = 100.0, max_in_flight: int = 64, timeout_s: float = 10.0
     ):
         self.url = url
+        self.target = Target.parse(url)
         self.rps = rps
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.result = LoadResult()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Load:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            connector=aiohttp.TCPConnector(limit=self.max_in_flight),
-        )
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -78,14 +153,12 @@ class Load:
         await self.stop()
 
     async def stop(self) -> LoadResult:
+        """Stop sending; wait for the requests in flight (each has its own deadline)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         return self.result
 
     async def _run(self) -> None:
@@ -102,28 +175,37 @@ class Load:
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         finally:
-            # Let requests in flight finish so every outcome is counted, then stop.
+            # Requests in flight finish (or time out) so every outcome is counted; one
+            # still running after its deadline is cancelled and recorded as failed.
             if pending:
-                await asyncio.wait(pending, timeout=self.timeout_s)
-            for task in pending:
+                await asyncio.wait(pending, timeout=self.timeout_s + 1.0)
+            for task in list(pending):
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     async def _one(self, sem: asyncio.Semaphore) -> None:
-        assert self._session is not None
         out = Outcome(at=time.monotonic(), status=0)
         try:
-            async with self._session.get(self.url) as resp:
-                out.status = resp.status
-                if resp.status == 200:
-                    with contextlib.suppress(ValueError, aiohttp.ContentTypeError):
-                        body = await resp.json(content_type=None)
-                        if isinstance(body, dict):
-                            out.version = str(body.get("version", ""))
-                            out.instance = str(body.get("instance", ""))
-                else:
-                    out.error = (await resp.text())[:200]
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            out.error = f"{type(exc).__name__}: {exc}"
+            async with asyncio.timeout(self.timeout_s):
+                status, body = await get_once(self.target)
+            out.status = status
+            if status == 200:
+                with contextlib.suppress(ValueError):
+                    data = json.loads(body)
+                    if isinstance(data, dict):
+                        out.version = str(data.get("version", ""))
+                        out.instance = str(data.get("instance", ""))
+            else:
+                out.error = body[:200].decode("utf-8", "replace")
+        except asyncio.CancelledError:
+            out.status, out.error = 0, UNFINISHED
+            raise
+        except TimeoutError:
+            out.status, out.error = 0, f"no answer within {self.timeout_s:g}s"
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            out.status, out.error = 0, f"{type(exc).__name__}: {exc}"
         finally:
+            out.done = time.monotonic()
             sem.release()
-        self.result.outcomes.append(out)
+            self.result.outcomes.append(out)

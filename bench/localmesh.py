@@ -60,6 +60,28 @@ def billing_manifest(version: str = "1.0.0", instances: int = 2, warmup_s: float
     )
 
 
+def frontend_manifest(edge: str, version: str = "1.0.0", instances: int = 1) -> str:
+    """The frontend app, calling billing through the edge at ``edge`` (HOST:PORT)."""
+    return textwrap.dedent(
+        f"""\
+        apiVersion: myco/v1
+        kind: Spore
+        metadata:
+          name: frontend
+        spec:
+          version: "{version}"
+          source: ../workloads/frontend
+          command: ["{sys.executable}", "server.py"]
+          env: {{BILLING_URL: "http://{edge}/billing", BILLING_TIMEOUT_S: "2"}}
+          nutrients: {{cpu_milli: 100, memory_mb: 64}}
+          health: {{path: /health, interval_s: 0.2, timeout_s: 1.0, grace_s: 10.0}}
+          restart: {{backoff_initial_s: 0.1, backoff_max_s: 1.0, stop_grace_s: 2.0}}
+          instances: {instances}
+          depends_on: [billing]
+        """
+    )
+
+
 @dataclass
 class LocalMesh:
     root: Path
@@ -117,8 +139,12 @@ def start_mesh(
     garden: dict[str, str] | None = None,
     workloads: tuple[str, ...] = ("billing",),
     extra_args: tuple[str, ...] = (),
+    edge: str | None = None,
 ) -> LocalMesh:
-    """A mesh on a fresh garden: ``garden`` maps file names to text (default: billing)."""
+    """A mesh on a fresh garden: ``garden`` maps file names to text (default: billing).
+
+    ``edge`` is its HOST:PORT (default: a free loopback port), for a garden that names it.
+    """
     root = tmp_path / "repo"
     (root / "garden").mkdir(parents=True)
     for name in workloads:
@@ -128,7 +154,7 @@ def start_mesh(
     # A garden lives in a Git work tree: its root bounds where `source` may point.
     subprocess.run(["git", "init", "-q", str(root)], check=True, timeout=30)
     state = tmp_path / "state"
-    edge = f"127.0.0.1:{free_port()}"
+    edge = edge or f"127.0.0.1:{free_port()}"
     log = tmp_path / "up.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

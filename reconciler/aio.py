@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from reconciler.errors import ServiceFailed
@@ -166,7 +166,7 @@ async def serve_until_signalled(main: MainFn, *, name: str) -> int:
         while me.cancelling():
             me.uncancel()
     except BaseExceptionGroup as eg:
-        raise _first_error(eg) from None
+        raise first_error(eg) from None
     finally:
         for sig in installed:
             with contextlib.suppress(Exception):
@@ -175,12 +175,24 @@ async def serve_until_signalled(main: MainFn, *, name: str) -> int:
     return 0
 
 
-def _first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report for a failed task group: its first leaf, unwrapped."""
     first: BaseException = eg
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended (their errors stay with their group).
+
+    For an orderly stop: the tasks that use a server or the fabric end before those close.
+    """
+    pending = [t for t in tasks if not t.done()]
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending)
 
 
 def _hard_exit(name: str) -> None:

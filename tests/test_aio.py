@@ -172,6 +172,7 @@ def test_a_child_process_exits_when_its_parent_kills_it_on_force() -> None:
             try:
                 await asyncio.Event().wait()
             finally:
+                print("stopping", flush=True)
                 await asyncio.sleep(300)
 
         sys.exit(run_until_signalled(main, name="parent"))
@@ -184,6 +185,8 @@ def test_a_child_process_exits_when_its_parent_kills_it_on_force() -> None:
     child_pid = int(proc.stdout.readline())
     try:
         proc.send_signal(signal.SIGINT)
+        # Two signals sent back to back may merge into one: wait for the first to land.
+        assert proc.stdout.readline().strip() == "stopping"
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
         end = time.monotonic() + 10

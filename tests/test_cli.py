@@ -87,11 +87,47 @@ def test_command_map_names_every_verb_of_each_module():
 def test_a_verb_loads_only_its_own_module():
     code = (
         "import sys\n"
-        "from reconciler.cli import build_parser\n"
+        "from reconciler.cli import COMMAND_MODULES, build_parser\n"
         "build_parser('agent')\n"
-        "loaded = [m for m in sys.modules if m.startswith('reconciler.commands.')]\n"
+        "verbs = {f'reconciler.commands.{m}' for m in COMMAND_MODULES}\n"
+        "loaded = [m for m in sys.modules if m in verbs]  # shared helpers (options) aside\n"
         "print(sorted(loaded))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['reconciler.commands.agent_cmds']"
+
+
+def test_daemons_and_mesh_verbs_share_their_options():
+    from reconciler.cli import build_parser
+
+    leaves = dict(_leaf_parsers(build_parser()))
+
+    def helps(verb):
+        return {o: a.help for a in leaves[(verb,)]._actions for o in a.option_strings}
+
+    fabric = ("--join", "--gossip-bind", "--advertise", "--gossip-key", "--cluster", "--profile")
+    for flag in fabric:
+        texts = {helps(verb).get(flag) for verb in ("agent", "reconcile", "apply", "members")}
+        assert None not in texts, (flag, texts)
+        assert len(texts) == 1, (flag, texts)
+    for verb in ("agent", "reconcile", "status", "logs", "apply", "diff", "drain", "history"):
+        assert "--state" in helps(verb), verb
+    api = {helps(v)["--api"] for v in ("status", "logs", "apply", "diff", "rollback", "resume")}
+    assert len(api) == 1
+    assert "--agent" in helps("drain")  # the old spelling of --api
+
+
+def test_old_spellings_still_parse():
+    from reconciler.cli import build_parser
+
+    args = build_parser("members").parse_args(
+        ["members", "--join", "127.0.0.1:1", "--bind", "127.0.0.1:5", "--key-file", "k"]
+    )
+    assert (args.gossip_bind, str(args.gossip_key), args.join) == (
+        "127.0.0.1:5",
+        "k",
+        ["127.0.0.1:1"],
+    )
+    args = build_parser("drain").parse_args(["drain", "n1", "--agent", "http://127.0.0.1:9"])
+    assert args.api == "http://127.0.0.1:9"

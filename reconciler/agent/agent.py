@@ -35,11 +35,14 @@ from reconciler.agent.converge import Start, Stop, converge, free_credits, pick_
 from reconciler.agent.fetch import FetchSettings, Prepared, SporeCache
 from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.runner import LocalRunner, ProcessRunner
-from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir, atomic_write
-from reconciler.agent.supervisor import Clock, RealClock, Supervisor, SupervisorSettings
-from reconciler.aio import wait_event
+from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
+from reconciler.agent.supervisor import Supervisor, SupervisorSettings
+from reconciler.aio import first_error, guard, wait_event
+from reconciler.clock import Clock, RealClock
 from reconciler.errors import FabricError, MycoError, TemporaryError
 from reconciler.fabric.api import FabricAPI
+from reconciler.fabric.joining import JoinSettings
+from reconciler.files import atomic_write
 from reconciler.records import (
     KEY_NODE,
     PREFIX_ROUTES,
@@ -66,11 +69,9 @@ def default_capacity() -> Nutrients:
 class AgentConfig:
     node: str
     state_dir: Path
-    join: tuple[str, ...] = ()
+    fabric: JoinSettings = field(default_factory=JoinSettings)  # how it joins the fabric
     api_bind: str = "127.0.0.1:0"
     api_auth: str = "auto"  # auto (token unless loopback) | token | none (loopback only)
-    gossip_bind: str = "127.0.0.1:0"
-    gossip_key: Path | None = None
     trust: tuple[Path, ...] = ()
     capacity: Nutrients = field(default_factory=default_capacity)
     labels: tuple[tuple[str, str], ...] = ()
@@ -79,8 +80,6 @@ class AgentConfig:
     resync_s: float = 1.0
     drain_delay_s: float = 0.5
     drain_timeout_s: float = 10.0
-    cluster: str = "myco"
-    profile: str = "local"
     fetch: FetchSettings = field(default_factory=FetchSettings)
     wither_on_exit: bool = False  # stop the instances too when the agent stops (myco up)
     exit_wither_timeout_s: float = 30.0
@@ -145,29 +144,40 @@ class Agent:
 
     # --- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
-        """Run until cancelled; instances are detached, never stopped, on the way out."""
+        """Run until cancelled; instances are detached, never stopped, on the way out.
+
+        The fabric watch must last as long as the agent: if it ends (the fabric stopped)
+        or fails, the agent stops with :class:`~reconciler.errors.ServiceFailed`, so the
+        ``myco agent`` process does not run on half alive.
+        """
         from reconciler.agent.api import serve_api  # api imports this module
 
-        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
-            self._session = session
-            self._tg = tg
-            self.cache = SporeCache(self.config.state_dir, self.trust, session, self.config.fetch)
-            api = await serve_api(self, self.config.api_bind)
-            try:
-                self._adopt_all()
-                self.publish_node()
-                tg.create_task(self._watch_fabric(), name="agent-watch")
-                self.ready.set()
+        try:
+            async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+                self._session = session
+                self._tg = tg
+                self.cache = SporeCache(
+                    self.config.state_dir, self.trust, session, self.config.fetch
+                )
+                api = await serve_api(self, self.config.api_bind)
                 try:
-                    await self._loop()
-                except asyncio.CancelledError:
-                    if self.config.wither_on_exit:
-                        await self._wither_all()
-                    raise
-            finally:
-                await self.cache.aclose()
-                await api.cleanup()
-                self.enforcer.cleanup()  # only removes the agent's cgroup dir if empty
+                    self._adopt_all()
+                    self.publish_node()
+                    watch = guard("the fabric watch", self._watch_fabric())
+                    tg.create_task(watch, name="agent-watch")
+                    self.ready.set()
+                    try:
+                        await self._loop()
+                    except asyncio.CancelledError:
+                        if self.config.wither_on_exit:
+                            await self._wither_all()
+                        raise
+                finally:
+                    await self.cache.aclose()
+                    await api.cleanup()
+                    self.enforcer.cleanup()  # only removes the agent's cgroup dir if empty
+        except BaseExceptionGroup as eg:  # report the task that failed, not the group
+            raise first_error(eg) from None
 
     async def _watch_fabric(self) -> None:
         # A change to our intents wakes the loop at once; the periodic pass catches
@@ -208,11 +218,11 @@ class Agent:
             return
         if intent.revision != self.intent_revision or intent.epoch > self.max_epoch:
             self.intent_revision = intent.revision
-            self.intent_seen_at = self.clock.time()
+            self.intent_seen_at = self.clock.wall()
         if intent.epoch > self.max_epoch:
             self.max_epoch = intent.epoch
             self._save_epoch()
-        now = self.clock.monotonic()
+        now = self.clock.now()
         local = dict(self._digests)
         for iid, f in list(self._failed.items()):
             if f.retry_at is not None and now >= f.retry_at:
@@ -283,7 +293,7 @@ class Agent:
                     intent.version,
                     self.config.node,
                     "fetching",
-                    updated_at=self.clock.time(),
+                    updated_at=self.clock.wall(),
                 )
             )
             prepared = await self.cache.prepare(intent.digest, intent.fetch_urls)
@@ -300,7 +310,7 @@ class Agent:
             if not isinstance(exc, MycoError):
                 log.error("unexpected error sprouting %s", iid, exc_info=True)
             delay = exc.delay if isinstance(exc, TemporaryError) else None
-            retry_at = None if delay is None else self.clock.monotonic() + max(delay, 1.0)
+            retry_at = None if delay is None else self.clock.now() + max(delay, 1.0)
             log.warning("cannot sprout %s: %s", iid, exc)
             self._failed[iid] = _Failed(intent.digest, retry_at)
             self._digests.pop(iid, None)
@@ -313,7 +323,7 @@ class Agent:
                     self.config.node,
                     "fetching" if retry_at is not None else "failed",
                     message=str(exc),
-                    updated_at=self.clock.time(),
+                    updated_at=self.clock.wall(),
                 )
             )
         finally:

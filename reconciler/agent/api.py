@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reconciler.addr import is_loopback, parse_addr
 from reconciler.agent.logfiles import tail_lines
 from reconciler.errors import ConfigError
 from reconciler.observe.http import fabric_view_handler
@@ -41,22 +41,6 @@ AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 FOLLOW_POLL_S = 0.2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def split_hostport(bind: str) -> tuple[str, int]:
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"bad address {bind!r}: expected host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_or_make_token(state_dir: Path) -> str:
@@ -123,7 +107,7 @@ def agent_metrics(agent: Agent) -> Metrics:
 
 
 async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
-    host, port = split_hostport(bind)
+    host, port = parse_addr(bind, what="agent API address")
     auth = agent.config.api_auth
     if auth == "none" and not is_loopback(host):
         raise ConfigError(f"the agent API on {bind} is not loopback: it needs a token")

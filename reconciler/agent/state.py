@@ -22,7 +22,7 @@ from typing import Any
 
 from reconciler.agent.nutrients import Limits
 from reconciler.agent.runner import ProcInfo
-from reconciler.files import atomic_write as atomic_write  # re-exported (deprecated)
+from reconciler.files import atomic_write
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 

@@ -17,7 +17,6 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
 import psutil
@@ -28,33 +27,12 @@ from reconciler.agent.nutrients import Enforcer, oom_kills
 from reconciler.agent.policy import RestartTracker
 from reconciler.agent.runner import LaunchSpec, ProcessRunner, ProcInfo
 from reconciler.agent.state import PersistedInstance, StateDir
-from reconciler.clock import Clock as _Clock
-from reconciler.clock import RealClock as _RealClock
+from reconciler.clock import Clock, RealClock
 from reconciler.records import InstanceRecord, Phase
 
 log = logging.getLogger("myco.agent")
 
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
-
-
-class Clock(_Clock, Protocol):
-    """Deprecated: the agent's old clock shape; use :class:`reconciler.clock.Clock`."""
-
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-
-class RealClock(_RealClock):
-    """Deprecated: :class:`reconciler.clock.RealClock` with the old method names."""
-
-    __slots__ = ()
-
-    def monotonic(self) -> float:
-        return self.now()
-
-    def time(self) -> float:
-        return self.wall()
 
 
 @dataclass(frozen=True)
@@ -89,7 +67,7 @@ class Supervisor:
         settings: SupervisorSettings,
         report: Report,
         routed: RouteCheck,
-        clock: _Clock | None = None,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.p = persisted
@@ -100,7 +78,7 @@ class Supervisor:
         self.settings = settings
         self._report = report
         self._routed = routed
-        self.clock: _Clock = clock or _RealClock()
+        self.clock: Clock = clock or RealClock()
         self.tracker = RestartTracker(persisted.config.restart, rng or random.Random())
         self.tracker.restarts = persisted.restarts
         self._stop = asyncio.Event()

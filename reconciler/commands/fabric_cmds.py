@@ -7,8 +7,8 @@ import asyncio
 import secrets
 from pathlib import Path
 
+from reconciler.commands.options import add_fabric, join_settings
 from reconciler.errors import UsageError
-from reconciler.fabric.fabric import open_fabric
 from reconciler.fabric.keyring import Keyring
 
 
@@ -26,11 +26,16 @@ def register(
     p.set_defaults(func=_gossip_key)
 
     m = sub.add_parser("members", parents=[common], help="join a mesh briefly and list its members")
-    m.add_argument("--join", required=True, action="append", metavar="ADDR", help="host:port")
-    m.add_argument("--key-file", type=Path, default=None)
-    m.add_argument("--cluster", default="myco")
-    m.add_argument("--bind", default="127.0.0.1:0")
-    m.add_argument("--profile", choices=("lan", "local"), default="local")
+    add_fabric(m)
+    # The spellings `members` had before the shared fabric flags (kept working, not shown).
+    m.add_argument("--bind", dest="gossip_bind", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    m.add_argument(
+        "--key-file",
+        dest="gossip_key",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
     m.set_defaults(func=_members)
 
 
@@ -50,15 +55,15 @@ def _gossip_key(args: argparse.Namespace) -> int:
 
 
 def _members(args: argparse.Namespace) -> int:
-    keyring = Keyring.load(args.key_file) if args.key_file else None
+    if not args.join:
+        raise UsageError("members: --join ADDR is required (a member of the mesh to ask)")
+    settings = join_settings(args, "members")
     name = f"myco-cli-{secrets.token_hex(4)}"
 
     async def run() -> int:
-        async with open_fabric(
-            name, args.bind, args.join, keyring, args.cluster, args.profile
-        ) as fabric:
+        async with settings.open(name) as fabric:
             if not fabric.alive_members() or fabric.alive_members() == [name]:
-                raise UsageError(f"no member answered at {', '.join(args.join)}")
+                raise UsageError(f"no member answered at {', '.join(settings.seeds)}")
             for m in sorted(fabric.members(), key=lambda m: m.name):
                 if m.name != name:
                     print(f"{m.name}\t{m.addr}\t{m.state}\t{m.incarnation}")

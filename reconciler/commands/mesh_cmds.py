@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import subprocess
@@ -123,18 +122,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_mesh(opts: UpOptions) -> int:
-    """Run a mesh in the foreground until Ctrl-C (or SIGTERM from `myco down`)."""
-    from reconciler.mesh.up import install_stop_handlers, run_up
+    """Run a mesh in the foreground until Ctrl-C (or SIGTERM from `myco down`); a second
+    Ctrl-C forces the stop (every child's process group killed at once)."""
+    from reconciler.aio import Service, run_until_signalled
+    from reconciler.mesh.up import run_up
 
     def say(msg: str) -> None:
         print(f"myco: {msg}", flush=True)
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        return await run_up(opts, say, stop)
+    async def main(service: Service) -> None:
+        await run_up(opts, say, service)
 
-    return asyncio.run(main())
+    return run_until_signalled(main, name="myco up")
 
 
 def _detach(args: argparse.Namespace, state: Path) -> int:
@@ -158,6 +157,7 @@ def _detach(args: argparse.Namespace, state: Path) -> int:
         record = MeshRecord.load(state)
         if record is not None and record.pid == proc.pid:
             print(f"mesh up in the background (pid {proc.pid}); edge on http://{record.edge}")
+            print(f"dashboard: {record.agent_api}/ui/  edge metrics: {record.edge_metrics}")
             print("stop it with: myco down" + (f" --state {state}" if args.state else ""))
             return 0
         time.sleep(0.1)

@@ -6,19 +6,11 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
+from reconciler.client import MeshClient
+from reconciler.commands.options import add_api, add_state
 from reconciler.errors import UnavailableError, UsageError
-from reconciler.home import state_dir
-from reconciler.observe.client import (
-    auth_headers,
-    default_api,
-    fetch_snapshot,
-    normalize_api,
-)
 from reconciler.observe.logs import log_sources, parse_duration, stream_logs
 from reconciler.observe.render import render_json, render_text
 from reconciler.observe.status import MeshStatus, build_status
@@ -30,7 +22,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "status", parents=[common], help="nodes, apps and instances of a running mesh"
     )
-    p.add_argument("--api", help="an agent API URL (default: agent_api from .myco/mesh.json)")
+    add_api(p)
+    add_state(p)
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.add_argument("-w", "--watch", action="store_true", help="redraw as the mesh changes")
     p.add_argument("--interval", type=float, default=2.0, help="--watch poll period (seconds)")
@@ -42,20 +35,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--since", metavar="DURATION", help="only lines newer than this (e.g. 10m)")
     p.add_argument("--tail", metavar="N", type=int, help="start with the last N lines of each")
-    p.add_argument("--api", help="an agent API URL (default: agent_api from .myco/mesh.json)")
+    add_api(p)
+    add_state(p)
     p.set_defaults(func=logs_cmd)
 
 
-def _session(args: argparse.Namespace) -> tuple[str, Callable[[], aiohttp.ClientSession]]:
-    home = state_dir(None)
-    api = normalize_api(args.api) if args.api else default_api(home)
-    headers = auth_headers(home)
-
-    def make() -> aiohttp.ClientSession:
-        timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=None)
-        return aiohttp.ClientSession(headers=headers, timeout=timeout)
-
-    return api, make
+def _client(args: argparse.Namespace) -> MeshClient:
+    client = MeshClient(args.api, state=args.state)
+    _ = client.api  # no agent API known: say so before anything else
+    return client
 
 
 def _write(text: str) -> None:
@@ -66,19 +54,19 @@ def _write(text: str) -> None:
 def status_cmd(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive")
-    api, make = _session(args)
+    client = _client(args)
     render = render_json if args.output == "json" else render_text
 
     async def run() -> int:
-        async with make() as session:
+        async with client:
             if not args.watch:
-                _write(render(build_status(await fetch_snapshot(session, api))))
+                _write(render(build_status(await client.snapshot())))
                 return 0
             last = ""
             tty = sys.stdout.isatty()
             while True:
                 try:
-                    text = render(build_status(await fetch_snapshot(session, api)))
+                    text = render(build_status(await client.snapshot()))
                 except UnavailableError as exc:
                     text = f"myco: {exc} (retrying)\n"
                 if text != last:
@@ -104,14 +92,14 @@ def logs_cmd(args: argparse.Namespace) -> int:
     since = parse_duration(args.since) if args.since else None
     if args.tail is not None and args.tail < 0:
         raise UsageError("--tail must be 0 or more")
-    api, make = _session(args)
+    client = _client(args)
 
     async def run() -> int:
-        async with make() as session:
-            status: MeshStatus = build_status(await fetch_snapshot(session, api))
+        async with client:
+            status: MeshStatus = build_status(await client.snapshot())
             sources = log_sources(status, args.app, args.instance)
             failed = await stream_logs(
-                session, sources, lambda line: _write(line + "\n"), follow=args.follow,
+                client.session, sources, lambda line: _write(line + "\n"), follow=args.follow,
                 since=since, tail=args.tail,
             )  # fmt: skip
         if failed == len(sources):

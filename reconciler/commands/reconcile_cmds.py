@@ -1,38 +1,42 @@
 """``myco reconcile``, ``apply``, ``diff``, ``drain``, ``history``, ``rollback``, ``suspend``,
-``resume`` (DESIGN §6).
+``resume`` (DESIGN §6): flags and rendering only.
 
-``reconcile`` is the long-running reconciler. The short-lived verbs find the running mesh
-through ``<state>/mesh.json`` (``myco up``) or ``--agent URL`` (any agent's local API) and
-the active reconciler through its garden record on the fabric (or ``--reconciler URL``).
-Exit codes: 0 success; 1 failure (invalid garden, not converged, refused); ``diff`` exits
-0 without differences, 1 with some, 2 on errors (as ``kubectl diff`` / ``flux diff``).
+``reconcile`` builds a :class:`~reconciler.reconcile.service.ReconcileConfig` and runs
+:func:`reconciler.reconcile.service.run`. The short-lived verbs reach the mesh through
+:class:`~reconciler.client.MeshClient` (``--api URL`` or ``<state>/mesh.json``; the active
+reconciler by its garden record, or ``--reconciler URL``); ``apply`` and ``diff`` are
+:mod:`reconciler.reconcile.apply`. Exit codes: 0 success; 1 failure (invalid garden, not
+converged, refused); ``diff`` exits 0 without differences, 1 with some, 2 on errors (as
+``kubectl diff`` / ``flux diff``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from reconciler.errors import ConfigError, MycoError, UsageError
+from reconciler.commands.options import add_api, add_fabric, add_state, join_settings
+from reconciler.errors import MycoError, UsageError
+
+if TYPE_CHECKING:
+    from reconciler.client import MeshClient
+    from reconciler.garden import GardenResult
+    from reconciler.reconcile.service import MemberConfig
 
 DEFAULT_TIMEOUT = 300.0
+T = TypeVar("T")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     mesh = argparse.ArgumentParser(add_help=False)
-    mesh.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME, ./.myco)")
-    mesh.add_argument("--agent", metavar="URL", help="an agent's local API (default: mesh.json)")
+    add_state(mesh)
+    add_api(mesh)
     mesh.add_argument(
         "--reconciler", metavar="URL", help="the reconciler's control API (default: found)"
     )
@@ -50,7 +54,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--subdir", default="", help="garden folder inside the Git repository")
     p.add_argument("--interval", type=float, default=5.0, metavar="S", help="Git poll interval (5)")
     _member_options(p)
-    p.add_argument("--state", metavar="DIR", help="state directory (overrides, fabric)")
+    add_state(p)
     p.add_argument("--allow-empty", action="store_true", help="let an empty garden prune all")
     p.add_argument("--lease-ttl", type=float, default=3.0, metavar="S", help="lease TTL (3)")
     p.add_argument(
@@ -117,177 +121,80 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _member_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", default="", help="fabric member name")
-    p.add_argument("--join", nargs="+", action="extend", default=[], metavar="ADDR")
-    p.add_argument("--gossip-bind", default="127.0.0.1:0", metavar="ADDR")
-    p.add_argument("--gossip-key", type=Path, metavar="FILE", help="fabric keyring file")
-    p.add_argument("--cluster", default="myco")
-    p.add_argument("--profile", choices=("local", "lan"), default="local")
+    """A reconciler member's flags (``reconcile``, and ``apply`` when it runs one-shot)."""
+    p.add_argument("--name", default="", help="fabric member name (default reconciler-HOST-PID)")
+    add_fabric(p)
     p.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 key that signs spores")
     p.add_argument("--repo", type=Path, metavar="DIR", help="spore repo (default <state>/repo)")
     p.add_argument(
         "--repo-listen",
         default="127.0.0.1:0",
-        metavar="ADDR",
+        metavar="HOST:PORT",
         help="serve the repo and the control API here (default 127.0.0.1:0)",
     )
     p.add_argument("--repo-url", default="", metavar="URL", help="URL agents fetch spores from")
 
 
-def _state(args: argparse.Namespace) -> Path:
-    from reconciler.home import absolute_state_dir as state_dir
+def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
+    from reconciler.addr import parse_addr
+    from reconciler.home import absolute_state_dir
+    from reconciler.reconcile.service import MemberConfig
 
-    return state_dir(getattr(args, "state", None))
+    parse_addr(args.repo_listen, what="--repo-listen", error=UsageError)
+    return MemberConfig(
+        state=absolute_state_dir(args.state),
+        join=join_settings(args, verb),
+        name=args.name,
+        key=args.key,
+        repo=args.repo,
+        listen=args.repo_listen,
+        public_url=args.repo_url,
+    )
 
 
-def _split(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"bad address {addr!r}: expected HOST:PORT")
-    return host or "127.0.0.1", int(port)
+def _client(args: argparse.Namespace) -> MeshClient:
+    from reconciler.client import MeshClient
+    from reconciler.home import absolute_state_dir
+
+    return MeshClient(args.api, state=absolute_state_dir(args.state), reconciler=args.reconciler)
+
+
+def _with_client(args: argparse.Namespace, call: Callable[[MeshClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with _client(args) as client:
+            return await call(client)
+
+    return asyncio.run(go())
 
 
 # -- myco reconcile ----------------------------------------------------------------------
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from reconciler.reconcile.source import DirSource, GardenSource, GitSource
+    from reconciler.reconcile.service import GardenSpec, ReconcileConfig, run
 
-    source: GardenSource
-    if args.watch is not None:
-        if not args.watch.is_dir():
-            raise UsageError(f"--watch {args.watch}: not a directory")
-        source = DirSource(args.watch.resolve())
-    else:
-        if args.interval <= 0:
-            raise UsageError("--interval must be positive")
-        source = GitSource(args.git, args.branch, args.interval, subdir=args.subdir)
-    try:
-        return asyncio.run(_reconcile(args, source))
-    finally:
-        source.close()
-
-
-async def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def _reconcile(args: argparse.Namespace, source: Any) -> int:
-    from reconciler.reconcile.lease import LeaseConfig
-    from reconciler.reconcile.loop import ReconcileSettings, load_overrides
-
-    state = _state(args)
-    state.mkdir(parents=True, exist_ok=True)
-    settings = ReconcileSettings(
-        allow_empty=args.allow_empty,
-        lease=LeaseConfig(
-            ttl_s=args.lease_ttl, renew_s=args.lease_ttl / 3, settle_s=min(1.0, args.lease_ttl / 4)
+    if args.lease_ttl <= 0:
+        raise UsageError("--lease-ttl must be positive")
+    config = ReconcileConfig(
+        member=_member(args, "reconcile"),
+        garden=GardenSpec(
+            watch=args.watch,
+            git=args.git or "",
+            branch=args.branch,
+            subdir=args.subdir,
+            interval_s=args.interval,
         ),
+        allow_empty=args.allow_empty,
+        lease_ttl_s=args.lease_ttl,
+        webhooks=tuple(args.notify_webhook),
     )
-    overrides_path = state / "overrides.json"
-    async with _member(args, state, source, settings, load_overrides(overrides_path)) as rec:
-        rec.overrides_path = overrides_path
-        stop = await _stop_event()
-        info = {"name": rec.fabric.name, "control_url": rec.control_url, "pid": os.getpid()}
-        _write_json(state / "reconciler.json", info)
-        print(
-            f"reconciler {rec.fabric.name}: garden {source.description}, "
-            f"repo and control API on {rec.control_url}",
-            file=sys.stderr,
-        )
-        task = asyncio.create_task(rec.run(), name="reconciler")
-        waiter = asyncio.create_task(stop.wait(), name="stop")
-        helpers = _notifiers(args.notify_webhook, rec.fabric)
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (task, waiter, *helpers):
-                t.cancel()
-            for t in helpers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # re-raises what made the reconciler stop, if anything
-            with contextlib.suppress(OSError):
-                (state / "reconciler.json").unlink()
-    return 0
-
-
-def _notifiers(urls: list[str], fabric: Any) -> list[asyncio.Task[None]]:
-    """One webhook sender per URL, fed from the fabric: never in the reconcile loop's way."""
-    from reconciler.observe.notify import WebhookConfig, WebhookNotifier, notify_from_fabric
-
-    tasks = []
-    for url in urls:
-        notifier = WebhookNotifier(WebhookConfig(url))
-        tasks.append(asyncio.create_task(notifier.run(), name=f"webhook {url}"))
-        tasks.append(asyncio.create_task(notify_from_fabric(fabric, notifier), name="notify"))
-    return tasks
-
-
-@contextlib.asynccontextmanager
-async def _member(
-    args: argparse.Namespace, state: Path, source: Any, settings: Any, overrides: Any
-) -> Any:
-    """A ReconcileLoop joined to the fabric, its repo + control API served (not yet run)."""
-    from reconciler.fabric import open_fabric
-    from reconciler.fabric.keyring import Keyring
-    from reconciler.reconcile.builder import SporeBuilder
-    from reconciler.reconcile.http import make_app
-    from reconciler.reconcile.loop import ReconcileLoop
-    from reconciler.repo import SporeRepo
-    from reconciler.webserve import start_app
-
-    identity = state.parent / "identity" if (state.parent / "identity").is_dir() else None
-    identity = state / "identity" if (state / "identity").is_dir() else identity
-    gossip_key = args.gossip_key or (identity / "gossip.key" if identity else None)
-    key = args.key or (identity / "signing.key" if identity else None)
-    keyring = Keyring.load(gossip_key) if gossip_key else None
-    seeds = list(args.join)
-    if not seeds:
-        from reconciler.reconcile.remote import mesh_record
-
-        seeds = [str(s) for s in mesh_record(state).get("seeds", [])]
-    repo = SporeRepo(args.repo or state / "repo")
-    name = args.name or f"reconciler-{socket.gethostname()}-{os.getpid()}"
-    host, port = _split(args.repo_listen)
-    async with open_fabric(
-        name,
-        bind=args.gossip_bind,
-        seeds=seeds,
-        keyring=keyring,
-        cluster=args.cluster,
-        profile=args.profile,
-        state_dir=state / "fabric",
-    ) as fabric:
-        rec = ReconcileLoop(fabric, source, SporeBuilder(repo, key), settings, overrides=overrides)
-        runner, served = await start_app(make_app(rec, repo), host, port, "the repo")
-        try:
-            url = args.repo_url or served
-            rec.settings = replace(rec.settings, fetch_urls=(url.rstrip("/"),))
-            rec.control_url = url.rstrip("/")
-            yield rec
-        finally:
-            await runner.cleanup()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    return run(config)
 
 
 # -- progress display ----------------------------------------------------------------------
 
 
-def _status_line(app: str, s: dict[str, Any]) -> str:
+def _status_line(app: str, s: Mapping[str, Any]) -> str:
     ready = f"{s.get('ready', 0)}/{s.get('desired', 0)}"
     reason = s.get("reason") or ""
     return f"  {app:<20} {s.get('sync', '?'):<11} {s.get('health', '?'):<11} {ready:>7}  {reason}"
@@ -299,257 +206,108 @@ class Progress:
     def __init__(self) -> None:
         self.shown: dict[str, str] = {}
 
-    def show(self, apps: dict[str, Any]) -> None:
+    def note(self, text: str) -> None:
+        print(text, flush=True)
+
+    def apps(self, apps: Mapping[str, Mapping[str, Any]]) -> None:
         for app, s in sorted(apps.items()):
-            line = _status_line(app, s if isinstance(s, dict) else {})
+            line = _status_line(app, s if isinstance(s, Mapping) else {})
             if self.shown.get(app) != line:
                 print(line, flush=True)
                 self.shown[app] = line
 
 
-def _done(apps: dict[str, Any], healthy: bool) -> tuple[bool, bool]:
-    """(finished, failed) for statuses: InvalidSpec fails; --wait wants all Healthy."""
-    failed = any(s.get("sync") == "InvalidSpec" for s in apps.values())
-    if healthy:
-        ok = all(s.get("health") in ("Healthy", "Suspended") for s in apps.values())
-        degraded = any("reverted" in str(s.get("reason", "")) for s in apps.values())
-        return ok or degraded, failed or degraded
-    return True, failed
+# -- myco apply / diff -------------------------------------------------------------------
 
 
-# -- myco apply --------------------------------------------------------------------------
+async def _read_garden(path: Path) -> GardenResult:
+    from reconciler.garden import read_garden
+
+    return await asyncio.to_thread(read_garden, path)
+
+
+def _print_diff(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    from reconciler.reconcile.apply import ApplyOptions, apply, diff_against
+
     if not args.dir.is_dir():
         raise UsageError(f"{args.dir}: not a directory")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    return asyncio.run(_apply(args))
+    member = _member(args, "apply")
+    opts = ApplyOptions(args.dir, args.wait, args.timeout, args.allow_empty)
 
+    async def go(client: MeshClient) -> int:
+        result = await _read_garden(args.dir)
+        for problem in result.problems:
+            print(str(problem), file=sys.stderr)
+        if args.dry_run:
+            lines = await diff_against(client, result, args.repo)
+            _print_diff(lines)
+            if not lines:
+                print("no changes")
+            return 1 if result.problems else 0
+        return 0 if await apply(client, member, result, opts, Progress()) else 1
 
-async def _apply(args: argparse.Namespace) -> int:
-    from reconciler.garden import read_garden
-    from reconciler.reconcile.remote import active_control_url, agent_url, control, snapshot
-
-    state = _state(args)
-    result = await asyncio.to_thread(read_garden, args.dir)
-    for problem in result.problems:
-        print(str(problem), file=sys.stderr)
-    if args.dry_run:
-        lines = await _diff(args, state, result)
-        for line in lines:
-            print(line)
-        if not lines:
-            print("no changes")
-        return 1 if result.problems else 0
-
-    url = args.reconciler
-    holder = ""
-    if not url and (args.agent or (state / "mesh.json").exists()):
-        snap = await snapshot(agent_url(args.agent, state))
-        holder, url = active_control_url(snap, time.time())
-    if url:
-        return await _apply_through(args, url, holder or url, result, control)
-    return await _apply_one_shot(args, state, result)
-
-
-async def _apply_through(
-    args: argparse.Namespace, url: str, holder: str, result: Any, control: Any
-) -> int:
-    """An active reconciler exists: it must watch DIR; follow it to convergence."""
-    status = await control(url, "GET", "/v1/status")
-    source = str(status.get("source", ""))
-    same = bool(source) and await asyncio.to_thread(_same_dir, source, args.dir)
-    if not same:
-        raise ConfigError(
-            f"reconciler {holder} is active on {source or '?'}: change that garden "
-            f"(or commit to it) instead of applying {args.dir}"
-        )
-    revision = result.garden.revision
-    print(f"applying {args.dir} through reconciler {status.get('name', holder)}", flush=True)
-    progress = Progress()
-    deadline = time.monotonic() + args.timeout
-    while True:
-        status = await control(url, "GET", "/v1/status")
-        apps = status.get("apps") or {}
-        progress.show(apps)
-        if status.get("revision") == revision and status.get("converged"):
-            finished, failed = _done(apps, args.wait)
-            if finished:
-                return 1 if failed or result.problems else 0
-        if time.monotonic() > deadline:
-            print(f"myco: error: not converged after {args.timeout:g}s", file=sys.stderr)
-            return 1
-        await asyncio.sleep(0.25)
-
-
-def _same_dir(a: str, b: Path) -> bool:
-    return Path(a).resolve() == b.resolve()
-
-
-async def _apply_one_shot(args: argparse.Namespace, state: Path, result: Any) -> int:
-    """No reconciler runs: be one until the mesh has converged, then hand the lease back."""
-    from reconciler.reconcile.lease import LeaseConfig
-    from reconciler.reconcile.loop import ReconcileSettings
-    from reconciler.reconcile.source import StaticSource
-
-    source = StaticSource(result, description=str(args.dir.resolve()))
-    settings = ReconcileSettings(
-        allow_empty=args.allow_empty, resync_s=0.5, lease=LeaseConfig(1.5, 0.3, 0.3)
-    )
-    if not args.join and not (state / "mesh.json").exists():
-        raise ConfigError("no mesh found: give --join ADDR (and --gossip-key), or run `myco up`")
-    async with _member(args, state, source, settings, None) as rec:
-        task = asyncio.create_task(rec.run(), name="apply")
-        progress = Progress()
-        deadline = time.monotonic() + args.timeout
-        code = 1
-        try:
-            while not task.done():
-                if (
-                    rec.lease.holder
-                    and not rec.lease.active
-                    and rec.lease.holder != rec.fabric.name
-                ):
-                    raise ConfigError(f"reconciler {rec.lease.holder} became active; stopping")
-                apps = {a: s.to_json() for a, s in rec.statuses.items()}
-                progress.show(apps)
-                if rec.converged.is_set() and rec.passes > 0:
-                    finished, failed = _done(apps, args.wait)
-                    if finished:
-                        code = 1 if failed or result.problems else 0
-                        break
-                if time.monotonic() > deadline:
-                    print(f"myco: error: not converged after {args.timeout:g}s", file=sys.stderr)
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return code
-
-
-# -- myco diff -----------------------------------------------------------------------------
+    return _with_client(args, go)
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from reconciler.reconcile.apply import diff_against
+
+    async def go(client: MeshClient) -> int:
+        lines = await diff_against(client, await _read_garden(args.dir), args.repo)
+        _print_diff(lines)
+        return 1 if lines else 0
+
     try:
         if not args.dir.is_dir():
             raise UsageError(f"{args.dir}: not a directory")
-        return asyncio.run(_diff_cmd(args))
-    except MycoError as exc:
+        return _with_client(args, go)
+    except MycoError as exc:  # diff's own exit codes: 2 for any error
         print(f"myco: error: {exc}", file=sys.stderr)
         return max(2, exc.exit_code)
-
-
-async def _diff_cmd(args: argparse.Namespace) -> int:
-    from reconciler.garden import read_garden
-
-    result = await asyncio.to_thread(read_garden, args.dir)
-    lines = await _diff(args, _state(args), result)
-    for line in lines:
-        print(line)
-    return 1 if lines else 0
-
-
-async def _diff(args: argparse.Namespace, state: Path, result: Any) -> list[str]:
-    from reconciler.core.model import DesiredApp
-    from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
-    from reconciler.reconcile.diff import UNBUILT, diff_lines
-    from reconciler.reconcile.mirror import FabricMirror
-    from reconciler.reconcile.remote import active_control_url, agent_url, snapshot
-    from reconciler.records import KEY_GARDEN
-    from reconciler.repo import SporeRepo
-    from reconciler.spore.build import dna_key
-
-    snap = await snapshot(agent_url(args.agent, state))
-    repo_dir = getattr(args, "repo", None) or state / "repo"
-    builder = SporeBuilder(SporeRepo(repo_dir), None) if repo_dir.is_dir() else None
-    holder, _ = active_control_url(snap, time.time())
-    record = snap.get(holder, KEY_GARDEN) if holder else None
-    overrides = Overrides.from_json(record.get("overrides") if isinstance(record, dict) else None)
-    desired = await asyncio.to_thread(
-        desired_from, result.garden, builder, overrides=overrides, build=False
-    )
-    apps = dict(desired.apps)
-    for name, app in apps.items():
-        if not app.digest:
-            key = await asyncio.to_thread(dna_key, app.spec.dna)
-            apps[name] = DesiredApp(app.spec, UNBUILT + key[:16])
-    desired = replace(desired, apps=apps)
-    mirror = FabricMirror(snap)
-    actual = mirror.actual(0, adopt=True)
-    epochs = [r.epoch for r in actual.intents.values()] + [r.epoch for r in actual.routes.values()]
-    actual = replace(actual, epoch=max(epochs, default=0))
-    return diff_lines(desired, actual, time.time())
 
 
 # -- control verbs -------------------------------------------------------------------------
 
 
-async def _control_url(args: argparse.Namespace) -> str:
-    from reconciler.reconcile.remote import active_control_url, agent_url, snapshot
-
-    if args.reconciler:
-        return str(args.reconciler)
-    state = _state(args)
-    snap = await snapshot(agent_url(args.agent, state))
-    holder, url = active_control_url(snap, time.time())
-    if not holder:
-        raise ConfigError("no active reconciler in the mesh (is `myco reconcile` running?)")
-    if not url:
-        raise ConfigError(f"the active reconciler {holder} publishes no control API")
-    return url
-
-
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    from reconciler.reconcile.remote import control
-
-    async def go() -> dict[str, Any]:
-        return await control(await _control_url(args), method, path, body)
-
-    return asyncio.run(go())
-
-
-def _print_message(reply: dict[str, Any]) -> int:
-    print(reply.get("message", "ok"))
+def run_drain(args: argparse.Namespace) -> int:
+    print(_with_client(args, lambda c: c.drain(args.node, undo=args.undo)))
     return 0
 
 
-def run_drain(args: argparse.Namespace) -> int:
-    verb = "undrain" if args.undo else "drain"
-    return _print_message(_call(args, "POST", f"/v1/nodes/{args.node}/{verb}"))
-
-
 def run_app_verb(args: argparse.Namespace) -> int:
-    return _print_message(_call(args, "POST", f"/v1/apps/{args.app}/{args.verb}"))
+    print(_with_client(args, lambda c: c.app_action(args.app, args.verb)))
+    return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    return _print_message(
-        _call(args, "POST", f"/v1/apps/{args.app}/rollback", {"to": args.revision})
-    )
+    print(_with_client(args, lambda c: c.rollback(args.app, args.revision)))
+    return 0
 
 
 def run_history(args: argparse.Namespace) -> int:
-    reply = _call(args, "GET", f"/v1/apps/{args.app}/history")
-    entries = reply.get("history") or []
+    entries = _with_client(args, lambda c: c.history(args.app))
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:
         print(f"no history for {args.app}")
         return 0
-    fmt: Callable[[float], str] = lambda t: time.strftime(  # noqa: E731
-        "%Y-%m-%d %H:%M:%S", time.localtime(t)
-    )
     print(f"  {'WHEN':<19}  {'VERSION':<12} {'SPORE':<12}  REVISION")
     for i, e in enumerate(entries):
         mark = "*" if i == len(entries) - 1 else " "
         print(
-            f"{mark} {fmt(float(e.get('at', 0))):<19}  {str(e.get('version') or '?'):<12} "
+            f"{mark} {_when(float(e.get('at', 0))):<19}  {str(e.get('version') or '?'):<12} "
             f"{str(e.get('digest', ''))[:12]:<12}  {str(e.get('revision', ''))[:12]}"
         )
     return 0
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))

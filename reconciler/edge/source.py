@@ -41,11 +41,29 @@ def routes_from_view(view: Mapping[tuple[str, str], JSONValue]) -> list[RouteRec
     return out
 
 
+def serving_routes(
+    live: Mapping[tuple[str, str], JSONValue], everyone: Mapping[tuple[str, str], JSONValue]
+) -> list[RouteRecord]:
+    """The routes to serve: every live owner's, plus those of owners that are gone (dead or
+    left) whose lease epoch no live route has passed yet.
+
+    Workloads keep serving while the control plane is down: when the active reconciler dies,
+    its routes stay in force until a reconciler with a newer lease publishes its own (which
+    also drops, by their older epoch, the routes of apps it pruned). Pure.
+    """
+    current = routes_from_view(live)
+    newest = max((r.epoch for r in current), default=-1)
+    gone = {k: v for k, v in everyone.items() if k not in live}
+    kept = [r for r in routes_from_view(gone) if r.epoch >= newest]
+    return current + kept
+
+
 class FabricRouteSource:
     """Reads ``routes/<app>`` from the fabric: on every change, and every ``resync_s``.
 
     The periodic re-read makes the edge converge even if a change notification is missed
-    (the view, not the stream of changes, is the truth).
+    (the view, not the stream of changes, is the truth). Routes of a reconciler that died
+    stay in force until a newer lease replaces them (:func:`serving_routes`).
     """
 
     def __init__(self, fabric: FabricAPI, resync_s: float = 1.0) -> None:
@@ -66,7 +84,10 @@ class FabricRouteSource:
             try:
                 while True:
                     changed.clear()
-                    routes = routes_from_view(self.fabric.view(PREFIX_ROUTES))
+                    routes = serving_routes(
+                        self.fabric.view(PREFIX_ROUTES),
+                        self.fabric.view(PREFIX_ROUTES, include_gone=True),
+                    )
                     if routes != last:
                         apply(routes)
                         last = routes

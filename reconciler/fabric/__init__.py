@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock, RealClock, VirtualClock
-    from reconciler.clock import RealClock as AsyncioScheduler  # noqa: F401 (deprecated)
     from reconciler.fabric.api import Change, FabricAPI, JSONValue, Member
     from reconciler.fabric.config import FabricConfig
     from reconciler.fabric.fabric import Fabric, Subscription, open_fabric, open_memory_fabric
@@ -45,17 +44,12 @@ _LAZY = {
     "Keyring": "reconciler.fabric.keyring",
     "MemoryNetwork": "reconciler.fabric.memory",
 }
-# Deprecated names kept until their last importers move (not in ``__all__``).
-_ALIASES = {"AsyncioScheduler": ("reconciler.clock", "RealClock")}
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is not None:
         return getattr(importlib.import_module(module), name)
-    alias = _ALIASES.get(name)
-    if alias is not None:
-        return getattr(importlib.import_module(alias[0]), alias[1])
     raise AttributeError(f"module 'reconciler.fabric' has no attribute {name!r}")
 
 

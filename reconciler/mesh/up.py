@@ -2,7 +2,11 @@
 
 The mesh is an ordinary set of ``myco`` processes on loopback, wired exactly as they would
 be across hosts (gossip with an encrypted keyring, spores fetched over HTTP and verified
-against a trust policy). ``myco up`` only starts, watches and stops them.
+against a trust policy). ``myco up`` only starts, watches and stops them: a child that
+exits is started again on the same addresses and state (see
+:meth:`~reconciler.mesh.supervisor.Supervisor.supervise`), so the workloads keep serving
+while the control plane is down. It runs through :func:`reconciler.aio.run_until_signalled`:
+the first Ctrl-C stops every child (instances included), a second one kills them all at once.
 """
 
 from __future__ import annotations
@@ -16,16 +20,17 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 
-from reconciler.aio import wait_event
+from reconciler.addr import format_addr, parse_addr
+from reconciler.aio import Service, guard
 from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.home import MeshRecord
 from reconciler.mesh.identity import Identity, ensure_identity
-from reconciler.mesh.supervisor import ChildSpec, Supervisor
+from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
 from reconciler.observe.client import fetch_snapshot
 from reconciler.observe.status import MeshStatus, build_status
 
@@ -42,28 +47,36 @@ class UpOptions:
     verbose: int = 0
     status: bool = True  # print status changes while running
     webhooks: tuple[str, ...] = ()  # notified by the reconciler on sync/health changes
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _port_open(host: str, port: int) -> Callable[[], bool]:
     def check() -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as s:
             s.settimeout(0.2)
             return s.connect_ex((host, port)) == 0
 
     return check
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"expected HOST:PORT, got {addr!r}")
-    return (host or "127.0.0.1"), int(port)
+def _all(*checks: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: all(check() for check in checks)
+
+
+def edge_addr(edge: str) -> tuple[str, int]:
+    """The edge's ``HOST:PORT`` (``:PORT`` is on 127.0.0.1); port 0 is refused, since a
+    restarted edge must come back on the same port."""
+    return parse_addr(edge, what="--edge address", error=UsageError, allow_zero=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,18 @@ class MeshPlan:
     reconciler: ChildSpec
     edge: ChildSpec
     record: MeshRecord
+    reconciler_url: str  # its repo, control API and dashboard
+
+    @property
+    def children(self) -> list[ChildSpec]:
+        """In start order (they are stopped the other way round)."""
+        return [*self.agents, self.reconciler, self.edge]
+
+    def dashboards(self) -> list[str]:
+        return [
+            f"{self.reconciler_url}/ui/ (reconciler)",
+            f"{self.record.agent_api}/ui/ ({self.agents[0].name})",
+        ]
 
 
 def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
@@ -81,14 +106,14 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
     verbosity = ["-v"] * max(opts.verbose, 1)
     logs = opts.state / "logs"
     host = opts.host
-    gossip = [f"{host}:{_free_port(host)}" for _ in range(opts.nodes + 2)]
+    gossip = [format_addr(host, _free_port(host)) for _ in range(opts.nodes + 2)]
     seeds = gossip[: min(3, opts.nodes)]
     agents: list[ChildSpec] = []
     apis: list[str] = []
     for i in range(opts.nodes):
         node = f"node-{i + 1}"
         api_port = _free_port(host)
-        apis.append(f"http://{host}:{api_port}")
+        apis.append(f"http://{format_addr(host, api_port)}")
         agents.append(
             ChildSpec(
                 name=node,
@@ -101,7 +126,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
                     "--state",
                     str(opts.state / "agents" / node),
                     "--api",
-                    f"{host}:{api_port}",
+                    format_addr(host, api_port),
                     "--gossip-bind",
                     gossip[i],
                     "--gossip-key",
@@ -115,13 +140,16 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
                 ready=_port_open(host, api_port),
             )
         )
-    repo_port = _free_port(host)
+    repo_addr = format_addr(host, _free_port(host))
     reconciler = ChildSpec(
         name="reconciler",
         argv=[
             *me,
             "reconcile",
             *verbosity,
+            # No fixed --name: a member restarted under its old name withdraws the records
+            # of its earlier life (its routes!) at once; under a new name they stay in force
+            # at the edge until the new process holds the lease and publishes its own.
             "--watch",
             str(opts.garden),
             "--state",
@@ -129,7 +157,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             "--repo",
             str(opts.state / "repo"),
             "--repo-listen",
-            f"{host}:{repo_port}",
+            repo_addr,
             "--key",
             str(ident.signing_key),
             "--gossip-bind",
@@ -141,18 +169,21 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             *[arg for url in opts.webhooks for arg in ("--notify-webhook", url)],
         ],
         log_path=logs / "reconciler.log",
-        ready=_port_open(host, repo_port),
+        ready=_port_open(*parse_addr(repo_addr)),
     )
-    edge_host, edge_port = split_addr(opts.edge)
-    edge_admin = f"{host}:{_free_port(host)}"
+    edge_host, edge_port = edge_addr(opts.edge)
+    edge_listen = format_addr(edge_host, edge_port)
+    edge_admin = format_addr(host, _free_port(host))
     edge = ChildSpec(
         name="edge",
         argv=[
             *me,
             "edge",
             *verbosity,
+            "--name",
+            "edge",
             "--listen",
-            opts.edge,
+            edge_listen,
             "--metrics-listen",
             edge_admin,
             "--gossip-bind",
@@ -163,19 +194,20 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             *seeds,
         ],
         log_path=logs / "edge.log",
-        ready=_port_open(edge_host, edge_port),
+        # the proxy and its metrics address (served a moment later) both answer
+        ready=_all(_port_open(edge_host, edge_port), _port_open(*parse_addr(edge_admin))),
     )
     record = MeshRecord(
         pid=os.getpid(),
         garden=str(opts.garden),
-        edge=opts.edge,
+        edge=edge_listen,
         agent_api=apis[0],
         agent_apis=apis,
         edge_metrics=f"http://{edge_admin}/metrics",
         seeds=seeds,
         started_at=time.time(),
     )
-    return MeshPlan(agents, reconciler, edge, record)
+    return MeshPlan(agents, reconciler, edge, record, f"http://{repo_addr}")
 
 
 def _check(opts: UpOptions) -> None:
@@ -189,8 +221,8 @@ def _check(opts: UpOptions) -> None:
             f"a mesh is already running from {opts.state} (pid {existing.pid}); "
             "stop it with `myco down`"
         )
-    host, port = split_addr(opts.edge)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    host, port = edge_addr(opts.edge)
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -208,60 +240,74 @@ def _alive(pid: int) -> bool:
     return True
 
 
-async def run_up(opts: UpOptions, say: Callable[[str], None], stop: asyncio.Event) -> int:
-    """Start the mesh, keep it until ``stop`` is set or a child dies, then stop it all."""
+async def run_up(opts: UpOptions, say: Callable[[str], None], service: Service) -> None:
+    """Start the mesh and keep it (restarting children that exit) until ``service`` stops
+    it; then stop every child and instance. A child that keeps crashing raises
+    :class:`~reconciler.mesh.supervisor.ChildFailed` (after the mesh is stopped)."""
     _check(opts)
     opts.state.mkdir(parents=True, exist_ok=True)
     ident, created = ensure_identity(opts.state / "identity")
     if created:
         say(f"created a dev identity in {ident.root} (signing key, trust policy, gossip key)")
     plan = plan_mesh(opts, ident)
-    code = 0
-    async with Supervisor() as sup:
-        children = {}
-        for spec in plan.agents:
-            children[spec.name] = (await sup.start(spec)).pid
-        children["reconciler"] = (await sup.start(plan.reconciler)).pid
-        children["edge"] = (await sup.start(plan.edge)).pid
-        record = MeshRecord(**{**plan.record.__dict__, "children": children})
-        record.save(opts.state)
-        say(
-            f"mesh up: {opts.nodes} agent(s), reconciler watching {opts.garden}, "
-            f"edge on http://{opts.edge}  (logs in {opts.state / 'logs'}; Ctrl-C stops)"
-        )
-        watcher_stop = asyncio.Event()
-        watcher = (
-            asyncio.create_task(watch_status(record.agent_api, say, watcher_stop))
-            if opts.status
-            else None
-        )
-        try:
-            reported: set[str] = set()
-            agents = {spec.name for spec in plan.agents}
-            while not stop.is_set():
-                dead = [c for c in sup.exited() if c.spec.name not in reported]
-                for c in dead:
-                    reported.add(c.spec.name)
-                    code_s = c.proc.returncode
-                    say(f"{c.spec.name} exited with code {code_s} (see {c.spec.log_path})")
-                if any(c.spec.name not in agents for c in dead) or agents <= reported:
-                    # A lost node is the mesh's to heal; without reconciler or edge it is over.
-                    say("the mesh cannot go on without it; stopping")
-                    code = 1
-                    break
-                await wait_event(stop, 0.5)
-        finally:
-            watcher_stop.set()
-            if watcher is not None:
-                await watcher
-            say("stopping the mesh...")
-            with contextlib.suppress(FileNotFoundError):
-                (opts.state / "mesh.json").unlink()
-    orphans = kill_orphans(opts.state)
-    if orphans:
-        say(f"stopped {orphans} instance(s) left behind by a lost agent")
-    say("mesh stopped")
-    return code
+    sup = Supervisor(opts.restart, say)
+    record_path = opts.state / "mesh.json"
+
+    def save_record(_: Child | None = None) -> None:
+        replace(plan.record, children=sup.pids()).save(opts.state)
+
+    def force() -> None:  # the second Ctrl-C: synchronous, nothing awaited
+        say("forced stop: killing every process of the mesh")
+        sup.kill_all()
+        kill_orphans(opts.state)
+        record_path.unlink(missing_ok=True)
+
+    service.on_force(force)
+    try:
+        async with sup:
+            try:
+                for spec in plan.children:
+                    await sup.start(spec)
+                save_record()
+                say(
+                    f"mesh up: {opts.nodes} agent(s), reconciler watching {opts.garden}, "
+                    f"edge on http://{plan.record.edge}  (logs in {opts.state / 'logs'}; "
+                    "Ctrl-C stops, twice forces)"
+                )
+                say(f"dashboard: {', '.join(plan.dashboards())}")
+                say(f"edge metrics: {plan.record.edge_metrics}")
+                await _watch(opts, plan, sup, say, save_record)
+            finally:
+                say("stopping the mesh... (Ctrl-C again to force)")
+                record_path.unlink(missing_ok=True)
+    finally:
+        orphans = kill_orphans(opts.state)
+        if orphans:
+            say(f"stopped {orphans} instance(s) left behind by a lost agent")
+        say("mesh stopped")
+
+
+async def _watch(
+    opts: UpOptions,
+    plan: MeshPlan,
+    sup: Supervisor,
+    say: Callable[[str], None],
+    on_start: Callable[[Child], None],
+) -> None:
+    """Supervise every child (and print status changes) until cancelled or one gives up."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for spec in plan.children:
+                group.create_task(
+                    guard(f"supervising {spec.name}", sup.supervise(spec.name, on_start))
+                )
+            if opts.status:
+                group.create_task(guard("status watch", watch_status(plan.record.agent_api, say)))
+    except ExceptionGroup as eg:
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def app_lines(status: MeshStatus) -> list[str]:
@@ -276,12 +322,13 @@ def app_lines(status: MeshStatus) -> list[str]:
     return lines
 
 
-async def watch_status(api: str, say: Callable[[str], None], stop: asyncio.Event) -> None:
-    """Print each app's line whenever it changes, until ``stop``."""
+async def watch_status(api: str, say: Callable[[str], None], every_s: float = 1.0) -> None:
+    """Print each app's line whenever it changes, until cancelled (an agent that cannot be
+    reached, e.g. while it restarts, is asked again next time)."""
     shown: dict[str, str] = {}
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        while not stop.is_set():
+        while True:
             with contextlib.suppress(MycoError):
                 status = build_status(await fetch_snapshot(session, api))
                 for line in app_lines(status):
@@ -289,7 +336,7 @@ async def watch_status(api: str, say: Callable[[str], None], stop: asyncio.Event
                     if shown.get(name) != line:
                         shown[name] = line
                         say(line)
-            await wait_event(stop, 1.0)
+            await asyncio.sleep(every_s)
 
 
 def kill_orphans(state: Path) -> int:
@@ -315,9 +362,3 @@ def kill_orphans(state: Path) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed += 1
     return killed
-
-
-def install_stop_handlers(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)

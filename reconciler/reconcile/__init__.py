@@ -4,8 +4,9 @@ A thin driver around the pure core (:mod:`reconciler.core`): :mod:`.source` read
 garden (directory or Git), :mod:`.builder` builds and signs the spores the repo lacks,
 :mod:`.mirror` turns the fabric into the core's input, :mod:`.lease` decides which
 reconciler is active, :mod:`.loop` (:class:`ReconcileLoop`) ties them together,
-:mod:`.http` serves the repo and the control API, and :mod:`.remote` is how the short-lived
-verbs reach a running mesh.
+:mod:`.http` serves the repo and the control API, :mod:`.service` is the composition root
+of ``myco reconcile`` and :mod:`.apply` holds ``myco apply``/``diff`` (which reach a running
+mesh through :class:`reconciler.client.MeshClient`).
 
 Names are re-exported lazily, so importing this package loads nothing heavy.
 """

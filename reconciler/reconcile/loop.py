@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.aio import wait_event
+from reconciler.aio import first_error, guard, wait_event
 from reconciler.core.model import (
     Actions,
     Actual,
@@ -37,6 +37,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import Planner
 from reconciler.errors import ConfigError, MycoError
 from reconciler.fabric.api import FabricAPI
+from reconciler.files import atomic_write
 from reconciler.garden import GardenResult
 from reconciler.reconcile import history
 from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
@@ -62,10 +63,7 @@ class ReconcileSettings:
 
 def save_overrides(path: Path, overrides: Overrides) -> None:
     """Write the CLI overrides atomically (they survive a restart of this reconciler)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(overrides.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(overrides.to_json(), indent=2) + "\n")
 
 
 def load_overrides(path: Path) -> Overrides:
@@ -287,15 +285,26 @@ class ReconcileLoop:
             await asyncio.sleep(0.02)  # coalesce a burst of fabric changes into one pass
 
     async def run(self, started: asyncio.Event | None = None) -> None:
-        """Run until cancelled; on the way out give the lease up."""
+        """Run until cancelled; on the way out give the lease up.
+
+        Each loop must run as long as the reconciler does: if one ends or fails, the others
+        are cancelled and :class:`~reconciler.errors.ServiceFailed` names it (so the
+        ``myco reconcile`` process stops rather than running on half alive).
+        """
+        loops = (
+            ("the garden watcher", self.source.watch(self._garden_changed.set)),
+            ("the garden reader", self._garden_loop()),
+            ("the fabric watch", self._fabric_loop()),
+            ("the lease", self.lease.run()),
+            ("the planner", self._plan_loop()),
+        )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.source.watch(self._garden_changed.set), name="garden-watch")
-                tg.create_task(self._garden_loop(), name="reconciler-garden")
-                tg.create_task(self._fabric_loop(), name="reconciler-fabric")
-                tg.create_task(self.lease.run(), name="reconciler-lease")
-                tg.create_task(self._plan_loop(), name="reconciler-plan")
+                for what, coro in loops:
+                    tg.create_task(guard(what, coro), name=f"reconciler: {what}")
                 if started is not None:
                     started.set()
+        except BaseExceptionGroup as eg:
+            raise first_error(eg) from None
         finally:
             self.lease.release()

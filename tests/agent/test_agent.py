@@ -213,3 +213,44 @@ async def test_local_api(mesh: Mesh) -> None:
                 f.write("appended later\n")
             line = await asyncio.wait_for(resp.content.readline(), 10)
             assert line == b"appended later\n"
+
+
+async def test_the_agent_service_stops_with_service_failed_when_its_fabric_dies(
+    tmp_path: Path,
+) -> None:
+    from functools import partial
+
+    from reconciler.agent.service import main
+    from reconciler.aio import serve_until_signalled
+    from reconciler.clock import RealClock
+    from reconciler.errors import ServiceFailed
+    from reconciler.fabric import MemoryNetwork, open_memory_fabric
+
+    _, _, pub = make_spore(tmp_path)
+    net = MemoryNetwork(RealClock())
+    opened: list[Fabric] = []
+
+    @contextlib.asynccontextmanager
+    async def opener(name: str) -> AsyncIterator[Fabric]:
+        async with open_memory_fabric(name, net) as fabric:
+            opened.append(fabric)
+            yield fabric
+
+    cfg = AgentConfig(node="n-fail", state_dir=tmp_path / "state", capacity=Nutrients(1000, 1024))
+    service = partial(main, config=cfg, trust=TrustPolicy.load([pub]), open_fabric=opener)
+    run = asyncio.create_task(serve_until_signalled(service, name="agent"))
+    try:
+        await async_wait_for(
+            lambda: opened and opened[0].get("n-fail", KEY_NODE) is not None,
+            within=20,
+            what="the agent publishing its node",
+        )
+        assert not run.done()
+        await opened[0].close()  # the fabric dies under the running agent
+        with pytest.raises(ServiceFailed, match="the fabric watch stopped unexpectedly"):
+            await asyncio.wait_for(run, 20)
+    finally:
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ServiceFailed):
+                await run

@@ -169,3 +169,43 @@ def test_config_file_is_checked(tmp_path: Path) -> None:
     done = run_cli("agent", "--config", str(cfg))
     assert done.returncode == 1
     assert "no trusted keys" in done.stderr  # node and state came from the file
+
+
+async def test_myco_agent_prints_its_startup_line_without_v(tmp_path: Path) -> None:
+    from reconciler.spore.keys import generate_keypair
+
+    _, pub = generate_keypair(tmp_path / "keys", "dev")
+    proc = await asyncio.create_subprocess_exec(
+        *MYCO, "agent", "--node", "n-line", "--state", str(tmp_path / "state"),
+        "--trust", str(pub), "--capacity-cpu-milli", "1000", "--capacity-memory-mb", "1024",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    seen: list[bytes] = []
+
+    async def startup_line() -> str:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            seen.append(line)
+            if b"agent n-line:" in line:
+                return line.decode()
+        raise AssertionError(f"no start-up line; stderr was: {b''.join(seen).decode()}")
+
+    try:
+        line = await asyncio.wait_for(startup_line(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = await asyncio.wait_for(proc.communicate(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+    assert "API http://127.0.0.1:" in line
+    assert "dashboard http://127.0.0.1:" in line
+    assert "/ui/" in line
+    assert "gossip 127.0.0.1:" in line
+    assert any(f"enforcement {m}," in line for m in ("cgroup2", "cgroup1", "rlimit")), line
+    assert "1 trusted key" in line
+    assert proc.returncode == 0, rest.decode()

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -108,19 +109,25 @@ async def test_node_death_replaces_its_instances(local_mesh):
     for p in instance_procs(mesh):
         by_node.setdefault(p.environ()["MYCO_NODE"], []).append(p)
     node, victims = next(iter(by_node.items()))
-    agent_pid = record["children"][node]  # type: ignore[index]
+    agent = psutil.Process(int(record["children"][node]))  # type: ignore[index]
     async with Load(f"{mesh.url}/billing/hello", rps=100) as load:
         await asyncio.sleep(0.5)
-        # The node dies: its agent and every instance on it, at once.
-        for p in [psutil.Process(agent_pid), *victims]:
+        # The node dies: its agent and every instance on it, at once. The agent is frozen
+        # rather than killed: `myco up` would restart a killed one at once (the node would
+        # come back); a frozen one is a node that stopped answering, which the mesh heals.
+        agent.suspend()
+        for p in victims:
             p.kill()
-        await asyncio.to_thread(
-            wait_for,
-            lambda: len([p for p in instance_procs(mesh) if p.environ()["MYCO_NODE"] != node]) >= 2,
-            60, 0.1, "replacements on the other nodes",
-        )  # fmt: skip
-        await asyncio.to_thread(wait_serving, mesh, 2)
-        await asyncio.sleep(0.5)
+
+        def replaced() -> bool:
+            return len([p for p in instance_procs(mesh) if p.environ()["MYCO_NODE"] != node]) >= 2
+
+        try:
+            await asyncio.to_thread(wait_for, replaced, 60, 0.1, "replacements on other nodes")
+            await asyncio.to_thread(wait_serving, mesh, 2)
+            await asyncio.sleep(0.5)
+        finally:
+            agent.resume()
     assert not load.result.failed, load.result.failed[:5]
 
 
@@ -144,16 +151,59 @@ def test_a_workload_that_is_not_python(tmp_path):
 
 
 def test_stop_leaves_nothing_even_after_an_agent_was_killed(tmp_path):
-    """An agent killed with -9 cannot wither its instances; `myco up` stopping still does."""
+    """An agent killed with -9 cannot wither its instances; `myco up` stopping still does.
+
+    (A killed agent is restarted and re-adopts its instances; so it is killed while the mesh
+    stops, frozen first so that it cannot have withered anything before it dies.)
+    """
     mesh = start_mesh(tmp_path)
     try:
         wait_serving(mesh, instances=2)
         node = instance_procs(mesh)[0].environ()["MYCO_NODE"]
         agent = psutil.Process(int(mesh.record()["children"][node]))  # type: ignore[index]
+        agent.suspend()
+        mesh.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "stopping the mesh" in mesh.log.read_text(), 20, what="stopping")
         agent.kill()
         agent.wait(10)
         assert any(p.environ()["MYCO_NODE"] == node for p in instance_procs(mesh))
     finally:
         mesh.stop()
     assert "left behind by a lost agent" in mesh.log.read_text()
+    assert "restarted" not in mesh.log.read_text()
     assert_nothing_left(mesh)
+
+
+def test_a_killed_agent_is_restarted_and_adopts_its_instances(local_mesh):
+    mesh = local_mesh
+    wait_serving(mesh, instances=2)
+    victim = instance_procs(mesh)[0]
+    node = victim.environ()["MYCO_NODE"]
+    agent = psutil.Process(int(mesh.record()["children"][node]))  # type: ignore[index]
+    agent.kill()
+    agent.wait(10)
+
+    def restarted() -> bool:
+        pid = int(mesh.record()["children"][node])  # type: ignore[index]
+        return pid != agent.pid and psutil.pid_exists(pid)
+
+    wait_for(restarted, 30, 0.05, f"{node}'s agent restarted")
+    assert f"myco: {node} exited (killed by SIGKILL); restarting in 0.5s" in mesh.log.read_text()
+    # its instance kept running through it, and is the restarted agent's again
+    assert victim.is_running()
+    instance = victim.environ()["MYCO_INSTANCE"]
+    api = mesh.record()["agent_apis"][int(node.split("-")[1]) - 1]  # type: ignore[index]
+    token = mesh.state / "agents" / node / "api.token"
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+
+    def adopted() -> bool:
+        req = urllib.request.Request(f"{api}/v1/instances", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - loopback
+                return instance in resp.read().decode()
+        except OSError:
+            return False
+
+    wait_for(adopted, 30, 0.1, f"{node}'s new agent reporting {instance}")
+    assert victim.is_running()  # adopted, not restarted
+    wait_serving(mesh, instances=2)

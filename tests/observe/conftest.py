@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from reconciler.fabric import AsyncioScheduler, Fabric, MemoryNetwork, open_memory_fabric
+from reconciler.clock import RealClock
+from reconciler.fabric import Fabric, MemoryNetwork, open_memory_fabric
 from reconciler.fabric.api import JSONValue, Member
 from reconciler.observe.snapshot import Entry, FabricSnapshot
 from reconciler.records import (
@@ -134,7 +135,7 @@ async def publish_sample(writer: Fabric, api_url: str = "") -> None:
 
 @pytest.fixture
 async def mesh() -> AsyncIterator[Mesh]:
-    net = MemoryNetwork(AsyncioScheduler())
+    net = MemoryNetwork(RealClock())
     async with open_memory_fabric("observer", net) as obs:
         async with open_memory_fabric("n1", net, seeds=[obs.addr]) as writer:
             await publish_sample(writer)

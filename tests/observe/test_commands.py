@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from reconciler.fabric import Fabric
+from reconciler.home import MeshRecord
 from reconciler.observe.http import fabric_view_handler
 from reconciler.records import instance_key
 from tests.helpers import async_wait_for
@@ -97,7 +98,7 @@ async def run(*args: str, home: Path | None = None) -> tuple[int, str, str]:
 
 
 async def test_status_tables_from_the_api_in_mesh_json(api: Api, tmp_path: Path) -> None:
-    (tmp_path / "mesh.json").write_text(json.dumps({"agent_api": api.url}))
+    MeshRecord(pid=os.getpid(), garden="", edge="", agent_api=api.url).save(tmp_path)
     code, out, err = await run("status", home=tmp_path)
     assert (code, err) == (0, "")
     assert "GARDEN  revision 0123456789ab" in out

@@ -10,11 +10,12 @@ from pathlib import Path
 import git
 import pytest
 
+from reconciler.clock import RealClock
 from reconciler.core.model import Actual, RolloutState
 from reconciler.core.plan import plan
 from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
 from reconciler.errors import PlanError
-from reconciler.fabric import AsyncioScheduler, MemoryNetwork, open_memory_fabric
+from reconciler.fabric import MemoryNetwork, open_memory_fabric
 from reconciler.garden import read_garden
 from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
 from reconciler.reconcile.diff import diff_lines
@@ -171,7 +172,7 @@ async def test_a_cancel_right_after_a_wakeup_still_stops_the_reconciler(turns: i
     """A cancel that lands in the loop turns between a wake-up and the plan loop resuming
     must end ``run()``. (With ``asyncio.wait_for`` Python 3.11 swallowed it: the plan loop
     ran on, the TaskGroup waited for it forever and so did every test teardown.)"""
-    net = MemoryNetwork(AsyncioScheduler())
+    net = MemoryNetwork(RealClock())
     async with open_memory_fabric("r0", net) as fabric:
         settings = ReconcileSettings(resync_s=3600.0)
         rec = ReconcileLoop(fabric, StaticSource(empty_result()), None, settings)

@@ -1,26 +1,58 @@
-"""Example workload "frontend": a tiny HTTP service run by Mycelium Mesh (Python stdlib only).
+"""Example workload "frontend": a web tier that calls "billing" (Python stdlib only).
 
 Listens on $HOST:$PORT (default 127.0.0.1:8082). Answers:
 
-* ``GET /health`` → ``200 ok``
-* ``GET /hello``  → JSON naming the app, its version and the instance serving it.
+* ``GET /health`` → ``200 ok`` (whether billing answers or not: frontend itself is fine)
+* ``GET /hello``  → JSON naming the app, its version and the instance serving it, with
+  billing's own answer to ``GET $BILLING_URL/hello`` under ``"billing"``. If billing cannot
+  be reached or answers badly (within $BILLING_TIMEOUT_S, default 2 s), the answer is
+  ``502`` with ``"billing": null`` and the reason under ``"error"``.
 
-The version is $MYCO_VERSION or the constant below; the instance is $MYCO_INSTANCE (set by
-the agent). SIGTERM and SIGINT stop it cleanly (exit 0) after in-flight requests.
+$BILLING_URL is where billing is served, normally through the mesh's edge (set in
+``garden/frontend.yaml``: ``http://127.0.0.1:8080/billing``), so frontend gets the edge's
+load balancing and version switches like any other client. The version is $MYCO_VERSION or
+the constant below; the instance is $MYCO_INSTANCE (set by the agent). SIGTERM and SIGINT
+stop it cleanly (exit 0) after in-flight requests.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import sys
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 APP = "frontend"
 VERSION = "1.0.0"
 DEFAULT_PORT = 8082
+DEFAULT_BILLING_URL = "http://127.0.0.1:8080/billing"
+
+
+def call_billing() -> tuple[dict[str, object] | None, str]:
+    """Billing's answer to ``/hello`` as a dict, or ``None`` and why not."""
+    url = os.environ.get("BILLING_URL", DEFAULT_BILLING_URL).rstrip("/") + "/hello"
+    try:
+        timeout = float(os.environ.get("BILLING_TIMEOUT_S", "2"))
+    except ValueError:
+        timeout = 2.0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our config
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return None, f"billing answered HTTP {exc.code} at {url}"
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc or type(exc).__name__
+        return None, f"billing unreachable at {url}: {reason}"
+    except ValueError:
+        return None, f"billing answered something that is not JSON at {url}"
+    if not isinstance(body, dict):
+        return None, f"billing answered JSON that is not an object at {url}"
+    return body, ""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -31,14 +63,19 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/health":
             self._send(200, "text/plain", b"ok\n")
         elif path in ("/hello", "/"):
-            body = {
+            billing, error = call_billing()
+            body: dict[str, object] = {
                 "app": APP,
                 "version": os.environ.get("MYCO_VERSION", VERSION),
                 "instance": os.environ.get("MYCO_INSTANCE", "local"),
                 "node": os.environ.get("MYCO_NODE", ""),
                 "message": os.environ.get("GREETING", "Hello from frontend service"),
+                "billing": billing,
             }
-            self._send(200, "application/json", (json.dumps(body) + "\n").encode())
+            if error:
+                body["error"] = error
+            status = 200 if billing is not None else 502
+            self._send(status, "application/json", (json.dumps(body) + "\n").encode())
         else:
             self._send(404, "text/plain", b"not found\n")
 
