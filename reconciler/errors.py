@@ -32,6 +32,7 @@ succeed later (it carries a suggested ``delay``); everything else is permanent.
     ├── EdgeError                  the edge router
     ├── PlanError                  the reconciler's core or drivers
     ├── ServiceFailed              a daemon's long-running task ended or failed (it stops)
+    │   └── ChildFailed            a `myco up` child never got ready or kept crashing
     └── TemporaryError(delay)      may succeed if retried after ``delay`` seconds
         ├── FetchError             a spore or peer could not be reached (yet)
         └── UnavailableError       a service (agent API, repo, lease) is not reachable now

@@ -1,4 +1,4 @@
-"""The typed model of a garden (format v1, DESIGN §5).
+"""The typed model of a garden (format v1, docs/garden.md).
 
 An :class:`AppSpec` splits in two:
 

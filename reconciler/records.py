@@ -1,4 +1,4 @@
-"""Records that cross the control fabric (DESIGN §3): the contract between the parts.
+"""Records that cross the control fabric (docs/fabric.md): the contract between the parts.
 
 Every record is a frozen dataclass that turns into plain JSON (``to_json``) and back
 (``from_json``). Each is published by its owner under a fixed key:

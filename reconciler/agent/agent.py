@@ -1,4 +1,4 @@
-"""The agent driver: fabric in, processes out (DESIGN §7).
+"""The agent driver: fabric in, processes out (docs/agent.md).
 
 It reads ``intents/<node>`` from the fabric, asks the pure :func:`converge` what to do,
 and does it: sprout (fetch → verify → extract → supervise) or wither. It publishes

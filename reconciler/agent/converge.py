@@ -1,6 +1,6 @@
 """Pure convergence: the intents addressed to this node + its local instances → actions.
 
-Level-triggered (DESIGN §3): the newest intent is the whole truth, so the same inputs
+Level-triggered (docs/fabric.md): the newest intent is the whole truth, so the same inputs
 always give the same actions and a missed update is corrected at the next pass.
 """
 

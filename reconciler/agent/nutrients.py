@@ -1,4 +1,4 @@
-"""Nutrient enforcement: cgroup v2, else cgroup v1, else rlimits (DESIGN §7).
+"""Nutrient enforcement: cgroup v2, else cgroup v1, else rlimits (docs/agent.md).
 
 Instance cgroups are only ever created beneath the agent's *own* cgroup (the delegated
 subtree a service manager hands it), in a directory named after the agent, and no

@@ -1,6 +1,6 @@
 """The process-runner seam: start, watch, signal and re-adopt instance processes.
 
-:class:`LocalRunner` is the real one. Design choices that matter (DESIGN §7, and the
+:class:`LocalRunner` is the real one. Design choices that matter (docs/agent.md, and the
 Nomad complaints the issue lists):
 
 * **No helper process per instance.** The child is started with ``posix_spawn`` through

@@ -1,4 +1,4 @@
-"""``myco agent``: the per-host daemon (DESIGN §2, §7): flags and ``--config`` only.
+"""``myco agent``: the per-host daemon (docs/agent.md): flags and ``--config`` only.
 
 Flags, or a YAML/JSON ``--config`` file with the same names (``node``, ``state``, ``api``,
 ``join``, ``gossip_bind``, ``advertise``, ``gossip_key``, ``cluster``, ``profile``,
@@ -44,7 +44,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "agent",
         parents=[common],
         help="run the node agent: join the fabric and run the instances intended for it",
-        description="Run the node agent (DESIGN §7).",
+        description="Run the node agent (docs/agent.md).",
     )
     p.add_argument("--node", help="this node's id (its fabric member name)")
     add_state(p, help="state directory (instances, spores, logs)")

@@ -1,4 +1,4 @@
-"""``myco edge``: the ingress router (DESIGN §8)."""
+"""``myco edge``: the ingress router (docs/edge.md)."""
 
 from __future__ import annotations
 

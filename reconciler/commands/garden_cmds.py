@@ -1,6 +1,6 @@
 """``myco validate DIR [--output json]``: every error of every garden file, one per line.
 
-Contract (DESIGN §5): ``path:line:col: message`` per error and exit 1 if any; a one-line
+Contract (docs/garden.md): ``path:line:col: message`` per error and exit 1 if any; a one-line
 summary and exit 0 if none; exit 2 for usage errors. Never a traceback.
 """
 

@@ -1,5 +1,5 @@
 """``myco reconcile``, ``apply``, ``diff``, ``drain``, ``history``, ``rollback``, ``suspend``,
-``resume`` (DESIGN §6): flags and rendering only.
+``resume`` (docs/reconciler.md): flags and rendering only.
 
 ``reconcile`` builds a :class:`~reconciler.reconcile.service.ReconcileConfig` and runs
 :func:`reconciler.reconcile.service.run`. The short-lived verbs reach the mesh through
@@ -45,7 +45,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "reconcile",
         parents=[common],
         help="run the reconciler: watch a garden (dir or Git) and converge the mesh to it",
-        description="Watch a garden and converge the mesh to it (DESIGN §6).",
+        description="Watch a garden and converge the mesh to it (docs/reconciler.md).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--watch", metavar="DIR", type=Path, help="garden directory to watch")

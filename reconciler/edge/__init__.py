@@ -1,4 +1,4 @@
-"""The edge router (DESIGN §8): ``/{app}/rest`` to the live backends of the app's route.
+"""The edge router (docs/edge.md): ``/{app}/rest`` to the live backends of the app's route.
 
 A pure routing core (:mod:`.routing`, :mod:`.headers`, :mod:`.stats`), one upstream seam
 (:mod:`.seam`, with the in-memory :mod:`.fake`) and thin drivers (:mod:`.proxy`,

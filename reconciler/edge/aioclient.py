@@ -33,7 +33,7 @@ _WS_MAX_MESSAGE = 16 * 1024 * 1024
 
 
 def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
-    """An upstream client tuned for proxying (DESIGN §8, issue "Edge" item 4).
+    """An upstream client tuned for proxying (docs/edge.md).
 
     Pool sized for the load, keep-alive shorter than the backends' idle timeout, bytes
     passed as they are (no decompression), no redirects followed (per request), no

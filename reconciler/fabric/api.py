@@ -1,4 +1,4 @@
-"""What the other parts may use of the control fabric (DESIGN §3).
+"""What the other parts may use of the control fabric (docs/fabric.md).
 
 This is the contract between the fabric and its users (agent, edge, reconciler, observe).
 :class:`reconciler.fabric.Fabric` implements it over a real or in-memory transport.

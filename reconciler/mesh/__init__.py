@@ -1,1 +1,1 @@
-"""`myco up`: a whole local mesh as child processes; identities (DESIGN §2)."""
+"""`myco up`: a whole local mesh as child processes; identities (docs/ARCHITECTURE.md)."""

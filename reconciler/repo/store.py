@@ -1,4 +1,4 @@
-"""The content-addressed spore repository (DESIGN §4).
+"""The content-addressed spore repository (docs/spore.md).
 
 A spore is stored under its digest, the SHA-256 of its bytes. Layout of ``root``::
 

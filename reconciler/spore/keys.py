@@ -1,4 +1,4 @@
-"""Ed25519 signing keys on disk (the ``myco keygen`` contract, DESIGN §4).
+"""Ed25519 signing keys on disk (the ``myco keygen`` contract, docs/spore.md).
 
 ``NAME.key`` is the private key as unencrypted PKCS#8 PEM, created with mode 0600;
 ``NAME.pub`` is the public key as SubjectPublicKeyInfo PEM. A key is named in output by its

@@ -1,4 +1,4 @@
-"""The signed manifest of a spore (``manifest.json``, DESIGN §4, docs/INTERFACES.md).
+"""The signed manifest of a spore (``manifest.json``, docs/spore.md, docs/INTERFACES.md).
 
 The manifest is the app's DNA (identity, runtime, nutrients, slo, security, health, restart
 policy) plus the list of payload files with their SHA-256, size and mode. It is stored in

@@ -1,4 +1,4 @@
-"""Trust: which signing keys are accepted for which app names (DESIGN §4).
+"""Trust: which signing keys are accepted for which app names (docs/spore.md).
 
 A spore is accepted only if its signer is trusted *for its app name*, never merely because
 it carries a key. A trust source is either

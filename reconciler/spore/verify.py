@@ -1,4 +1,4 @@
-"""Verify a spore: structure, signature, trust, payload bytes and digest (DESIGN §4).
+"""Verify a spore: structure, signature, trust, payload bytes and digest (docs/spore.md).
 
 Order, cheapest refusal first, nothing inflated and nothing written:
 

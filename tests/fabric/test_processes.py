@@ -1,4 +1,4 @@
-"""Five real member processes on loopback: join, spread, kill -9, restart (DESIGN §3)."""
+"""Five real member processes on loopback: join, spread, kill -9, restart (docs/fabric.md)."""
 
 from __future__ import annotations
 
