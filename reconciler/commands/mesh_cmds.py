@@ -1,4 +1,4 @@
-"""``myco up`` / ``myco down`` / ``myco init``: a local mesh and mesh identities (docs/deploy.md)."""
+"""``myco up`` / ``myco down`` / ``myco init``: a local mesh and its identity (docs/deploy.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reconciler driver: garden source + builder + fabric around the pure plan (docs/reconciler.md).
+"""The reconcile driver: garden source + builder + fabric around the pure plan (docs/reconciler.md).
 
 Tasks, all owned by one TaskGroup:
 

@@ -1,4 +1,4 @@
-"""Every refusal listed in docs/spore.md, each with a crafted archive; verify and extract both refuse.
+"""Every refusal in docs/spore.md, each with a crafted archive; verify and extract both refuse.
 
 Extract is tested with the hostile archive swapped in *after* a good spore was verified
 (the time-of-check/time-of-use case): it must refuse too and leave nothing behind.
