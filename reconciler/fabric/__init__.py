@@ -13,8 +13,9 @@ Time comes from an injected :class:`~reconciler.clock.Clock` (re-exported here w
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from reconciler.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from reconciler.clock import Clock, RealClock, VirtualClock
@@ -46,11 +47,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is not None:
-        return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module 'reconciler.fabric' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

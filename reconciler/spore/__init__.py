@@ -16,8 +16,9 @@ Modules: :mod:`.manifest` (the signed DNA), :mod:`.keys` (Ed25519 key files),
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from reconciler.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from reconciler.spore.build import BuiltSpore, SourceFile, build_spore, dna_key
@@ -53,11 +54,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'reconciler.spore' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
