@@ -125,6 +125,10 @@ class NodeRecord(_Record):
     free: Nutrients = field(default_factory=Nutrients)
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
+    #: started with --insecure: gossip and/or its HTTP listeners in plaintext off loopback
+    insecure: bool = False
+    #: digests of the verified spores this agent holds and serves to peers
+    spores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
