@@ -30,6 +30,10 @@ class FabricConfig:
     awareness_max: int = 8
     #: Dead or left members are forgotten (reaped) this long after they died.
     reap_after: float = 30.0
+    #: A restarted member withdraws the keys of its earlier life that it has not published
+    #: again this long after it started (an agent re-adopting its instances republishes
+    #: them first: withdrawing at once would make them vanish for a moment).
+    adopt_grace: float = 10.0
     #: Seeds and recently known addresses are re-joined this often (partition healing).
     rejoin_interval: float = 10.0
     #: An address of a member that died is retried for this long.
@@ -72,6 +76,7 @@ class FabricConfig:
             suspicion_mult=3,
             push_pull_interval=2.0,
             reap_after=5.0,
+            adopt_grace=3.0,
             rejoin_interval=0.5,
             rejoin_forget_after=600.0,
             stream_timeout=2.0,

@@ -158,6 +158,8 @@ class Engine:
         self._live: list[str] = []  # alive or suspect, self excluded (O(1) random picks)
         self._live_ix: dict[str, int] = {}
         self._gone: set[str] = set()  # dead or left, not reaped yet
+        self._started_at = 0.0
+        self._earlier: set[str] = set()  # own keys of an earlier life, withdrawn after grace
         self._probe_order: list[str] = []
         self._probe_ix = 0
         self._suspicions: dict[str, _Suspicion] = {}
@@ -178,6 +180,7 @@ class Engine:
     def start(self) -> None:
         self.transport.set_receiver(self.receive)
         self._running = True
+        self._started_at = self.clock.now()
         c, r = self.cfg, self.rng
         self._every("probe", c.probe_interval * r.random(), self._probe_tick)
         self._every("gossip", c.gossip_interval * r.random(), self._gossip_tick)
@@ -786,10 +789,27 @@ class Engine:
         cur = self.store.get(self.name, e.key)
         if cur is not None and cur.version >= e.version:
             return
-        if cur is None:  # a key of an earlier life of this member: withdraw it
-            self.publish(e.key, None, deleted=True)
-        else:
+        if cur is not None:
             self.publish(e.key, cur.value, deleted=cur.deleted)
+        elif not e.deleted:  # a key of an earlier life of this member: withdraw it, but
+            # only after the grace period, so a restarted owner that publishes it again
+            # (an agent re-adopting its instances) never makes it vanish meanwhile.
+            left = self._started_at + self.cfg.adopt_grace - self.clock.now()
+            if left <= 0:
+                self.publish(e.key, None, deleted=True)
+                return
+            if not self._earlier:
+                self.clock.call_later(left, self._withdraw_earlier)
+            self._earlier.add(e.key)
+
+    def _withdraw_earlier(self) -> None:
+        """The grace period is over: tombstone the earlier life's keys not published since."""
+        keys, self._earlier = self._earlier, set()
+        if not self._running:
+            return
+        for key in sorted(keys):
+            if self.store.get(self.name, key) is None:
+                self.publish(key, None, deleted=True)
 
     def _push_pull(
         self, nonce: int, join: bool, reply: bool, peer: dict[str, int] | None = None

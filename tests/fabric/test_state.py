@@ -158,6 +158,42 @@ def test_without_state_dir_an_earlier_life_is_outvoted_and_its_keys_withdrawn() 
     )
 
 
+def test_a_restarted_owner_that_republishes_a_key_within_the_grace_never_withdraws_it() -> None:
+    """An agent restarted under its own name re-adopts its instances: their records must not
+    vanish meanwhile. Keys it does not publish again are withdrawn once the grace is over."""
+    sim = SimCluster(LOCAL)
+    first = sim.add("a")
+    b = sim.add("b")
+    b.join([first.addr])
+    b.publish("inst/kept", {"gen": 1})
+    b.publish("inst/gone", {"gen": 1})
+    assert sim.run_until(lambda: first.get("b", "inst/gone") == {"gen": 1}, within=5)
+    sim.kill("b")
+    sim.revive_addr(b.addr)
+    b2 = sim.add("b", addr=b.addr)  # a quick restart: never declared dead
+    b2.join([first.addr])
+    withdrawn_early: list[float] = []
+
+    def kept_and_watch() -> bool:
+        it = first.store.get("b", "inst/kept")
+        if it is not None and it.deleted:
+            withdrawn_early.append(sim.clock.now())
+        return False
+
+    sim.run_until(kept_and_watch, within=LOCAL.adopt_grace / 2)
+    b2.publish("inst/kept", {"gen": 2})  # re-adopted, within the grace
+    assert sim.run_until(
+        lambda: (
+            kept_and_watch()
+            or (first.get("b", "inst/kept") == {"gen": 2} and first.get("b", "inst/gone") is None)
+        ),
+        within=LOCAL.adopt_grace * 3,
+    )
+    assert withdrawn_early == []
+    gone = first.store.get("b", "inst/gone")
+    assert gone is not None and gone.deleted  # withdrawn, not merely hidden
+
+
 def test_a_value_too_big_for_a_packet_spreads_over_tcp() -> None:
     sim = SimCluster(LOCAL)
     first = sim.add("a")
