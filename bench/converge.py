@@ -29,7 +29,7 @@ import psutil
 
 from bench.loadgen import Load
 from bench.localmesh import ROOT, LocalMesh, billing_manifest, free_port, start_mesh, wait_serving
-from reconciler.observe.client import fetch_snapshot
+from reconciler.client import fetch_snapshot
 from reconciler.observe.status import build_status
 
 WARMUP_S = 0.5

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from reconciler.core.lease import decide, read_leases
 from reconciler.errors import ConfigError, FabricError, UnavailableError
 from reconciler.fabric.api import Change, FabricAPI, JSONValue, Member
 from reconciler.home import MeshRecord, state_dir
@@ -134,8 +135,6 @@ class SnapshotFabric:
 
 def active_reconciler(fabric: FabricAPI, now: float) -> tuple[str, str]:
     """(holder name, control URL) of the active reconciler; ("", "") if none holds."""
-    from reconciler.reconcile.lease import decide, read_leases
-
     records, max_epoch = read_leases(fabric)
     holder = decide(records, max_epoch, now).holder
     if holder is None:

@@ -119,20 +119,6 @@ ALLOWED: tuple[Allowed, ...] = (
         "the repo is a store of spores: it re-hashes and reads manifests on put and list",
     ),
     Allowed(
-        "observe-client-shim",
-        "reconciler.observe.client",
-        "reconciler.client",
-        "a deprecated re-export of the mesh client for callers not yet moved (mesh.up, "
-        "bench); delete the shim and this row together",
-    ),
-    Allowed(
-        "client-asks-the-lease",
-        "reconciler.client",
-        "reconciler.reconcile.lease",
-        "the active reconciler is the lease holder, and the lease rule (decide, read_leases) "
-        "lives in the reconcile service. Debt: move that pure rule below the client",
-    ),
-    Allowed(
         "mesh-kills-orphans",
         "reconciler.mesh.up",
         "reconciler.agent.runner",

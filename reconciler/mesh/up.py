@@ -27,11 +27,11 @@ import aiohttp
 
 from reconciler.addr import format_addr, parse_addr
 from reconciler.aio import Service, guard
+from reconciler.client import fetch_snapshot
 from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.home import MeshRecord
 from reconciler.mesh.identity import Identity, ensure_identity
 from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
-from reconciler.observe.client import fetch_snapshot
 from reconciler.observe.status import MeshStatus, build_status
 
 log = logging.getLogger("myco.mesh")

@@ -4,7 +4,7 @@ Every service mounts these pieces, so any member can show the whole mesh:
 
 - :mod:`.snapshot` — a frozen fabric view and its wire format (``GET /v1/fabric``).
 - :mod:`.status` — pure: snapshot -> :class:`MeshStatus`; :mod:`.render` — tables, JSON.
-- :mod:`.client`, :mod:`.logs` — what ``myco status`` and ``myco logs`` use.
+- :mod:`.logs` — what ``myco logs`` uses (the mesh client is :mod:`reconciler.client`).
 - :mod:`.metrics` — Prometheus ``/metrics`` per component.
 - :mod:`.feed`, :mod:`.ui` — the live dashboard at ``/ui/`` (server-sent events).
 - :mod:`.notify` — webhook notifications.

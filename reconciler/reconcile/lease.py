@@ -22,15 +22,14 @@ one they have seen, so a deposed reconciler that has not noticed yet changes not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.errors import FabricError
+from reconciler.core.lease import decide, read_leases
 from reconciler.fabric.api import FabricAPI
-from reconciler.records import KEY_LEASE, PREFIX_INTENTS, PREFIX_ROUTES, LeaseRecord
+from reconciler.records import KEY_LEASE, LeaseRecord
 
 log = logging.getLogger("myco.reconciler.lease")
 
@@ -40,45 +39,6 @@ class LeaseConfig:
     ttl_s: float = 3.0
     renew_s: float = 1.0
     settle_s: float = 0.6  # how long a claim waits for rival claims to arrive
-
-
-@dataclass(frozen=True)
-class LeaseView:
-    holder: LeaseRecord | None  # the record that holds now, if any
-    max_epoch: int  # the highest epoch seen anywhere
-
-
-def read_leases(fabric: FabricAPI) -> tuple[dict[str, LeaseRecord], int]:
-    """Live members' lease records (owner -> record) and the highest epoch ever seen."""
-    live: dict[str, LeaseRecord] = {}
-    max_epoch = 0
-    for (_owner, key), value in fabric.view(KEY_LEASE, include_gone=True).items():
-        if key != KEY_LEASE or value is None:
-            continue
-        try:
-            rec = LeaseRecord.from_json(value)
-        except FabricError:
-            continue
-        max_epoch = max(max_epoch, rec.epoch)
-    for (owner, key), value in fabric.view(KEY_LEASE).items():
-        if key == KEY_LEASE and value is not None:
-            with contextlib.suppress(FabricError):
-                live[owner] = LeaseRecord.from_json(value)
-    for prefix in (PREFIX_INTENTS, PREFIX_ROUTES):
-        for value in fabric.view(prefix, include_gone=True).values():
-            epoch = value.get("epoch") if isinstance(value, dict) else None
-            if isinstance(epoch, int):
-                max_epoch = max(max_epoch, epoch)
-    return live, max_epoch
-
-
-def decide(records: Mapping[str, LeaseRecord], max_epoch: int, now: float) -> LeaseView:
-    """Pure: which record holds the lease now (see the module doc)."""
-    holding = [
-        rec for owner, rec in records.items() if rec.holder == owner and rec.expires_at > now
-    ]
-    best = max(holding, key=lambda r: (r.epoch, r.holder), default=None)
-    return LeaseView(best, max(max_epoch, *(r.epoch for r in records.values()), 0))
 
 
 class Lease:

@@ -191,7 +191,8 @@ def test_a_restarted_owner_that_republishes_a_key_within_the_grace_never_withdra
     )
     assert withdrawn_early == []
     gone = first.store.get("b", "inst/gone")
-    assert gone is not None and gone.deleted  # withdrawn, not merely hidden
+    assert gone is not None
+    assert gone.deleted  # withdrawn, not merely hidden
 
 
 def test_a_value_too_big_for_a_packet_spreads_over_tcp() -> None:
