@@ -10,6 +10,10 @@ connection pool retries an idempotent request on a dropped keep-alive connection
 saying so (aiohttp does, once), which would hide the very failures a test looks for. A
 request has a deadline (``timeout_s``, connect to last byte); one still unfinished when the
 load stops is recorded as failed, never dropped.
+
+``connect`` (optional) makes each request's socket, e.g. one inside a network namespace
+(:meth:`bench.netmesh.NetMesh.socket_factory`); it changes where the connection starts from,
+nothing else: still one attempt, on a connection of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -90,9 +96,23 @@ class Target:
         ).encode("ascii")
 
 
-async def get_once(target: Target) -> tuple[int, bytes]:
-    """One GET on a new connection: (status, body). Raises on any transport error."""
-    reader, writer = await asyncio.open_connection(target.host, target.port)
+async def get_once(
+    target: Target, connect: Callable[[], socket.socket] | None = None
+) -> tuple[int, bytes]:
+    """One GET on a new connection: (status, body). Raises on any transport error.
+
+    ``connect`` makes the (unconnected TCP) socket; by default asyncio makes one."""
+    if connect is None:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+    else:
+        sock = connect()
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock)
     try:
         writer.write(target.request())
         await writer.drain()
@@ -133,9 +153,15 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
 
 class Load:
     def __init__(
-        self, url: str, rps: float = 100.0, max_in_flight: int = 64, timeout_s: float = 10.0
+        self,
+        url: str,
+        rps: float = 100.0,
+        max_in_flight: int = 64,
+        timeout_s: float = 10.0,
+        connect: Callable[[], socket.socket] | None = None,
     ):
         self.url = url
+        self.connect = connect
         self.target = Target.parse(url)
         self.rps = rps
         self.max_in_flight = max_in_flight
@@ -188,7 +214,7 @@ class Load:
         out = Outcome(at=time.monotonic(), status=0)
         try:
             async with asyncio.timeout(self.timeout_s):
-                status, body = await get_once(self.target)
+                status, body = await get_once(self.target, self.connect)
             out.status = status
             if status == 200:
                 with contextlib.suppress(ValueError):

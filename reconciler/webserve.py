@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from reconciler.addr import http_url, url_host
 from reconciler.errors import ConfigError
 
 
 async def start_app(
-    app: web.Application, host: str, port: int, what: str
+    app: web.Application,
+    host: str,
+    port: int,
+    what: str,
+    *,
+    advertise_host: str | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on ``host:port`` (port 0: any free one); return the runner and the URL.
 
-    The URL names the bound port and, for a wildcard host, loopback. A bind failure is a
+    The URL names the bound port and, for a wildcard host, ``advertise_host`` (the address
+    other hosts reach this one at; loopback when None). A bind failure is a
     :class:`ConfigError` saying ``what`` could not be served; nothing is left running.
     """
     runner = web.AppRunner(app, access_log=None)
@@ -25,5 +32,4 @@ async def start_app(
         raise ConfigError(f"cannot serve {what} on {host}:{port}: {exc.strerror}") from exc
     sockets = getattr(site._server, "sockets", None) or []  # bound sockets are only here
     bound = sockets[0].getsockname()[1] if sockets else port
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    return runner, f"http://{shown}:{bound}"
+    return runner, http_url(url_host(host, advertise_host), bound)

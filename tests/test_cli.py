@@ -107,8 +107,9 @@ def test_daemons_and_mesh_verbs_share_their_options():
         return {o: a.help for a in leaves[(verb,)]._actions for o in a.option_strings}
 
     fabric = ("--join", "--gossip-bind", "--advertise", "--gossip-key", "--cluster", "--profile")
-    for flag in fabric:
-        texts = {helps(verb).get(flag) for verb in ("agent", "reconcile", "apply", "members")}
+    for flag in (*fabric, "--insecure"):
+        verbs = ("agent", "edge", "reconcile", "apply", "members")
+        texts = {helps(verb).get(flag) for verb in verbs}
         assert None not in texts, (flag, texts)
         assert len(texts) == 1, (flag, texts)
     for verb in ("agent", "reconcile", "status", "logs", "apply", "diff", "drain", "history"):

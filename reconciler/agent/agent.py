@@ -34,6 +34,7 @@ import psutil
 from reconciler.agent.converge import Start, Stop, converge, free_credits, pick_intent
 from reconciler.agent.fetch import FetchSettings, Prepared, SporeCache
 from reconciler.agent.nutrients import Enforcer
+from reconciler.agent.peers import announced, peers_holding
 from reconciler.agent.runner import LocalRunner, ProcessRunner
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
@@ -110,6 +111,8 @@ class Agent:
         self.rng = rng or random.Random()
         self.state = StateDir(config.state_dir)
         self.enforcer = Enforcer(config.node, prefer=config.enforcement)
+        # the peer credential for spores (None: a mesh without a keyring needs none)
+        self.keyring = config.fabric.keyring()
         self.settings = SupervisorSettings(
             node=config.node,
             advertise_host=config.advertise_host,
@@ -157,11 +160,19 @@ class Agent:
                 self._session = session
                 self._tg = tg
                 self.cache = SporeCache(
-                    self.config.state_dir, self.trust, session, self.config.fetch
+                    self.config.state_dir,
+                    self.trust,
+                    session,
+                    self.config.fetch,
+                    peers=lambda d: peers_holding(self.fabric, d, self.config.node, self.rng),
+                    peer_token=self.keyring.peer_token() if self.keyring else None,
+                    on_verified=lambda _: self.publish_node(),
                 )
+                self.enforcer.remove_stale(self.state.instance_ids())
                 api = await serve_api(self, self.config.api_bind)
                 try:
                     self._adopt_all()
+                    tg.create_task(self._reverify_held(), name="agent-reverify")
                     self.publish_node()
                     watch = guard("the fabric watch", self._watch_fabric())
                     tg.create_task(watch, name="agent-watch")
@@ -175,9 +186,22 @@ class Agent:
                 finally:
                     await self.cache.aclose()
                     await api.cleanup()
-                    self.enforcer.cleanup()  # only removes the agent's cgroup dir if empty
+                    # empty cgroups of gone instances; those left to be re-adopted stay
+                    await self.enforcer.cleanup_settled(self.state.instance_ids())
         except BaseExceptionGroup as eg:  # report the task that failed, not the group
             raise first_error(eg) from None
+
+    async def _reverify_held(self) -> None:
+        """Serve the spores of re-adopted instances again (they are not fetched anew)."""
+        assert self.cache is not None
+        try:
+            await self.cache.verify_held(sorted(set(self._digests.values())))
+        except Exception:  # serving to peers is a bonus: never take the agent down
+            log.exception("re-verifying held spores failed")
+
+    def serves_spore(self, digest: str) -> bool:
+        """Whether peers may fetch ``digest`` here (held and verified by this process)."""
+        return self.cache is not None and self.cache.serves(digest)
 
     async def _watch_fabric(self) -> None:
         # A change to our intents wakes the loop at once; the periodic pass catches
@@ -434,6 +458,8 @@ class Agent:
             free=free_credits(self.config.capacity, placed),
             labels=dict(self.config.labels),
             draining=False,
+            insecure=self.config.fabric.insecure,
+            spores=announced(self._digests.values(), self.cache.verified() if self.cache else ()),
         )
 
     def publish_node(self) -> None:

@@ -1,10 +1,13 @@
 """The agent's local HTTP API (aiohttp), as docs/INTERFACES.md lists it.
 
 ``GET /v1/node``, ``/v1/instances``, ``/v1/fabric?prefix=``, ``/v1/logs/{instance}?follow=1``,
-``/spores/{digest}`` (the spores this agent holds, for its peers) and ``/metrics``
+``/spores/{digest}`` (the verified spores this agent holds, for its peers) and ``/metrics``
 (Prometheus text). Bound to loopback by default. Bound anywhere else, every request must
 carry ``Authorization: Bearer <token>`` with the token from ``<state>/api.token`` (made on
-first use, mode 0600); anything else is refused with 401.
+first use, mode 0600); anything else is refused with 401. The spore route alone also
+accepts the mesh's peer credential, derived from any key of the fabric keyring
+(:meth:`reconciler.fabric.keyring.Keyring.accepts_peer_token`), so peers can fetch spores
+without this agent's private token.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 FOLLOW_POLL_S = 0.2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SPORE_ROUTE = "/spores/{digest}"  # the one route peers may call with the peer credential
 
 
 def load_or_make_token(state_dir: Path) -> str:
@@ -60,13 +64,20 @@ def load_or_make_token(state_dir: Path) -> str:
     return token
 
 
-def token_middleware(token: str) -> Any:
+def token_middleware(token: str, peer_ok: Callable[[str], bool] | None = None) -> Any:
+    """Every route needs the private ``token``; the spore route also takes a bearer
+    credential that ``peer_ok`` accepts (the mesh's peer credential)."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        got = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(got, expected):
+        header = request.headers.get("Authorization", "")
+        if hmac.compare_digest(header.encode(), expected):
+            return await handler(request)
+        scheme, _, cred = header.partition(" ")
+        resource = request.match_info.route.resource
+        spores = resource is not None and resource.canonical == SPORE_ROUTE
+        if not (spores and peer_ok is not None and scheme == "Bearer" and peer_ok(cred)):
             raise web.HTTPUnauthorized(
                 text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -75,15 +86,19 @@ def token_middleware(token: str) -> Any:
     return check
 
 
-def make_app(agent: Agent, token: str | None) -> web.Application:
-    app = web.Application(middlewares=[token_middleware(token)] if token else [])
+def make_app(
+    agent: Agent, token: str | None, peer_ok: Callable[[str], bool] | None = None
+) -> web.Application:
+    mw = [token_middleware(token, peer_ok)] if token else []
+    app = web.Application(middlewares=mw)
     app[AGENT_KEY] = agent
     app.router.add_get("/v1/node", node)
     app.router.add_get("/v1/instances", instances)
     app.router.add_get("/v1/fabric", fabric_view_handler(agent.fabric))
     app.router.add_get("/v1/logs/{instance}", logs)
     app.router.add_get("/metrics", agent_metrics(agent).handler)
-    app.add_routes(spore_routes(SporeRepo(agent.config.state_dir)))
+    # only what this process verified; re-hashed and streamed on every request
+    app.add_routes(spore_routes(SporeRepo(agent.config.state_dir), agent.serves_spore))
     setup_ui(app, agent.fabric)
     return app
 
@@ -113,7 +128,20 @@ async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
         raise ConfigError(f"the agent API on {bind} is not loopback: it needs a token")
     need = auth == "token" or (auth == "auto" and not is_loopback(host))
     token = load_or_make_token(agent.config.state_dir) if need else None
-    runner, agent.api_url = await start_app(make_app(agent, token), host, port, "the agent API")
+    ring = agent.keyring
+    if token and ring is None:
+        log.warning(
+            "agent API on %s needs a token and there is no fabric keyring: "
+            "peers cannot fetch spores from this agent",
+            bind,
+        )
+    runner, agent.api_url = await start_app(
+        make_app(agent, token, ring.accepts_peer_token if ring is not None else None),
+        host,
+        port,
+        "the agent API",
+        advertise_host=agent.config.advertise_host,
+    )
     log.info("agent API on %s%s", agent.api_url, " (bearer token required)" if token else "")
     return runner
 

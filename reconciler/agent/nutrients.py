@@ -7,15 +7,24 @@ process is ever moved out of that subtree. What is in force is reported per inst
 
 The child joins its cgroup itself, before ``exec`` (see :mod:`reconciler.agent.runner`),
 so even its first fork is accounted and a kill of the cgroup reaches everything it ever started.
+
+Clean-up (:meth:`Enforcer.sweep`): at start and on a clean exit the agent removes the
+instance cgroups under ``myco-<node>`` that hold no process and belong to no instance it
+persisted, then ``myco-<node>`` itself once nothing is left in it. A cgroup that still
+holds a process (an instance left running to be re-adopted) is never touched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.records import Nutrients
@@ -84,6 +93,25 @@ def _writable_dir(p: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK)
 
 
+def _procs(d: Path) -> list[int]:
+    """The pids in cgroup ``d`` (none if it cannot be read)."""
+    try:
+        return [int(x) for x in (d / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+@dataclass
+class Sweep:
+    """What one clean-up pass did, by instance (cgroup directory name)."""
+
+    removed: list[str] = field(default_factory=list)  # gone from every hierarchy
+    in_use: list[str] = field(default_factory=list)  # holds processes: left alone
+    busy: list[str] = field(default_factory=list)  # empty but refused (a process exiting)
+    kept: list[str] = field(default_factory=list)  # belongs to a persisted instance
+    agent_dir_removed: bool = False
+
+
 class Enforcer:
     """Creates, fills and removes instance cgroups under ``<own cgroup>/myco-<agent>``."""
 
@@ -94,10 +122,13 @@ class Enforcer:
         *,
         mounts: list[tuple[str, str, str, str]] | None = None,
         own: dict[str, str] | None = None,
+        rmdir: Callable[[Path], None] | None = None,
     ) -> None:
-        """``mounts`` and ``own`` replace /proc/self/{mountinfo,cgroup} (for tests)."""
+        """``mounts`` and ``own`` replace /proc/self/{mountinfo,cgroup}, ``rmdir`` the
+        removal of a cgroup directory (for tests on a fake tree of plain files)."""
         self._mounts = mounts
         self._own = own
+        self._rmdir: Callable[[Path], None] = rmdir or os.rmdir
         self.agent_dir = f"myco-{agent_name}"
         self.agent_leaf = f"myco-agent-{agent_name}"  # cgroup v2: where the agent itself moves
         self.mechanism, self._bases, self.reason = self._detect(prefer)
@@ -226,19 +257,103 @@ class Enforcer:
                 path.write_text(str(_weight_v2(total)))
 
     def remove(self, limits: Limits) -> None:
-        """Remove an instance's (empty) cgroups; a cgroup still in use is left alone."""
+        """Remove an instance's (empty) cgroups; a cgroup still in use is left alone.
+
+        (One the kernel still finds busy because its last process is exiting is removed
+        by the next :meth:`sweep`: at the agent's exit or next start.)
+        """
         for d in limits.cgroup_dirs:
             with contextlib.suppress(OSError):
-                os.rmdir(d)
+                self._rmdir(Path(d))
             if self._cpu.pop(Path(d).name, None) is not None:
                 self._write_group_weight()
 
-    def cleanup(self) -> None:
-        """Remove the agent's own directory if no instance cgroup is left in it."""
-        for base in self._bases.values():
-            with contextlib.suppress(OSError):
-                os.rmdir(base / self.agent_dir)
+    def agent_dirs(self) -> list[Path]:
+        """``<base>/myco-<node>`` in every hierarchy in force (existing or not)."""
+        return [base / self.agent_dir for base in self._bases.values()]
+
+    def instance_cgroups(self) -> dict[str, list[Path]]:
+        """instance id -> its cgroup directories found under ``myco-<node>``."""
+        found: dict[str, list[Path]] = {}
+        for d in self.agent_dirs():
+            try:
+                children = sorted(c for c in d.iterdir() if c.is_dir())
+            except OSError:
+                continue
+            for c in children:
+                found.setdefault(c.name, []).append(c)
+        return found
+
+    def sweep(self, keep: Collection[str]) -> Sweep:
+        """Remove the empty instance cgroups not in ``keep``, then ``myco-<node>`` if empty.
+
+        ``keep`` names the instances the agent has persisted (running, or to be restarted
+        in their cgroup): theirs stay, even empty. A cgroup holding a process is never
+        removed (nor its processes touched): it is reported as ``in_use``.
+        """
+        out = Sweep()
+        for iid, dirs in sorted(self.instance_cgroups().items()):
+            if iid in keep:
+                out.kept.append(iid)
+                continue
+            if any(_procs(d) for d in dirs):
+                out.in_use.append(iid)
+                continue
+            gone = True
+            for d in dirs:
+                try:
+                    self._rmdir(d)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    gone = False
+                    if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                        log.warning("cannot remove cgroup %s: %s", d, exc.strerror)
+            (out.removed if gone else out.busy).append(iid)
+            if gone:
+                self._cpu.pop(iid, None)
+        if not (out.kept or out.in_use or out.busy):
+            removed = False
+            for d in self.agent_dirs():
+                with contextlib.suppress(OSError):
+                    self._rmdir(d)
+                    removed = True
+            out.agent_dir_removed = removed
         # (a v2 agent leaf holds the agent itself while it runs: it stays)
+        return out
+
+    def remove_stale(self, keep: Collection[str]) -> Sweep:
+        """At start: remove what an earlier agent on this node left (see :meth:`sweep`)."""
+        out = self.sweep(keep)
+        if out.removed:
+            log.info(
+                "removed %d stale cgroup(s) of earlier agents: %s",
+                len(out.removed),
+                ", ".join(out.removed),
+            )
+        for iid in out.in_use:
+            log.warning(
+                "cgroup %s/%s holds processes but no instance of this agent: left alone",
+                self.agent_dir,
+                iid,
+            )
+        return out
+
+    def cleanup(self, keep: Collection[str] = ()) -> Sweep:
+        """At exit: one :meth:`sweep` (instances left to be re-adopted keep theirs)."""
+        return self.sweep(keep)
+
+    async def cleanup_settled(self, keep: Collection[str], within_s: float = 2.0) -> Sweep:
+        """:meth:`cleanup`, again while a cgroup is refused only because its last process
+        is still exiting (empty but busy), up to ``within_s``."""
+        deadline = time.monotonic() + within_s
+        while True:
+            out = self.sweep(keep)
+            if not out.busy or time.monotonic() >= deadline:
+                if out.busy:
+                    log.warning("cgroups still busy at exit: %s", ", ".join(out.busy))
+                return out
+            await asyncio.sleep(0.02)
 
 
 def _shares_v1(cpu_milli: int) -> int:

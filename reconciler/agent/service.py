@@ -65,9 +65,10 @@ async def main(
 
 def startup_line(agent: Agent, fabric: FabricAPI) -> str:
     keys = len(agent.trust.entries)
-    gossip = getattr(fabric, "addr", "") or "?"
+    gossip = agent.config.fabric.describe(getattr(fabric, "addr", "") or "?")
     return (
         f"agent {agent.config.node}: API {agent.api_url}, dashboard {agent.api_url}/ui/, "
-        f"gossip {gossip}, enforcement {agent.enforcer.mechanism}, "
+        f"gossip {gossip}, instances on {agent.config.advertise_host}, "
+        f"enforcement {agent.enforcer.mechanism}, "
         f"{keys} trusted key{'' if keys == 1 else 's'}"
     )

@@ -104,6 +104,10 @@ class StateDir:
         with contextlib.suppress(FileNotFoundError):
             (self.root / "instances" / f"{instance_id}.json").unlink()
 
+    def instance_ids(self) -> set[str]:
+        """The instances persisted here (readable or not): their cgroups are kept."""
+        return {p.stem for p in (self.root / "instances").glob("*.json")}
+
     def load_all(self) -> list[PersistedInstance]:
         out: list[PersistedInstance] = []
         for p in sorted((self.root / "instances").glob("*.json")):

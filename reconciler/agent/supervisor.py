@@ -4,6 +4,11 @@ A :class:`Supervisor` is driven by one task the agent owns (:meth:`Supervisor.li
 Cancelling that task *detaches*: the process keeps running and a restarted agent adopts
 it again from the state directory. :meth:`Supervisor.request_wither` makes the same task
 drain and stop the instance for good.
+
+An instance is told ``HOST`` (the host's advertised address) and ``PORT``, and is checked
+on ``HOST:PORT``, the endpoint it is advertised at. One that answers on 127.0.0.1 but not
+there binds loopback only: other hosts could not reach it, so it is restarted as unhealthy
+with that reason (and, by the restart policy, ends ``failed``), never ready, never routed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from reconciler.records import InstanceRecord, Phase
 log = logging.getLogger("myco.agent")
 
 BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ONLY = "listens on 127.0.0.1 only: unreachable from other hosts (bind $HOST: {host})"
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,7 @@ class Supervisor:
         env = {k: os.environ[k] for k in BASE_ENV_KEYS if k in os.environ}
         env.update(dict(c.env))
         env.update(
+            HOST=self.settings.advertise_host,
             PORT=str(self.p.port),
             MYCO_APP=c.app,
             MYCO_INSTANCE=c.instance_id,
@@ -271,6 +279,7 @@ class Supervisor:
         start = self.clock.now()
         ready = False
         bad = 0
+        loopback_only = 0  # consecutive checks answered on 127.0.0.1 but not on HOST
         step = self.settings.first_check_s
         while True:
             sleeper = asyncio.ensure_future(self.clock.sleep(step if not ready else h.interval_s))
@@ -287,6 +296,12 @@ class Supervisor:
                 self.settings.advertise_host, self.p.port, h.timeout_s
             ):
                 ok = False  # not even listening yet: skip the (dearer) HTTP request
+                if await self._answers_on_loopback_only(h.timeout_s):
+                    loopback_only += 1
+                    if loopback_only >= self.settings.unhealthy_threshold:
+                        return LOOPBACK_ONLY.format(host=self.settings.advertise_host)
+                else:
+                    loopback_only = 0
             else:
                 ok = await check_http(self.session, self.endpoint, h.path, h.timeout_s)
             if ok:
@@ -308,6 +323,12 @@ class Supervisor:
                 return f"failed {bad} health checks in a row"
             if self.record.healthy:
                 self._set("ready", healthy=False, message=f"health check failed ({bad})")
+
+    async def _answers_on_loopback_only(self, timeout_s: float) -> bool:
+        """Whether the instance listens on 127.0.0.1 (its advertised endpoint being closed)."""
+        if self.settings.advertise_host == LOOPBACK:
+            return False
+        return await port_open(LOOPBACK, self.p.port, min(timeout_s, 0.5))
 
     async def _terminate(self, info: ProcInfo, grace: float, *, wait: bool) -> None:
         """SIGTERM to the whole group and cgroup, ``grace``, then SIGKILL; until none left."""

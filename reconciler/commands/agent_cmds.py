@@ -3,7 +3,8 @@
 Flags, or a YAML/JSON ``--config`` file with the same names (``node``, ``state``, ``api``,
 ``join``, ``gossip_bind``, ``advertise``, ``gossip_key``, ``cluster``, ``profile``,
 ``trust``, ``capacity_cpu_milli``, ``capacity_memory_mb``, ``labels``, ``advertise_host``,
-``enforcement``, ``wither_on_exit``); a flag given on the command line wins over the file.
+``enforcement``, ``wither_on_exit``, ``insecure``); a flag given on the command line wins
+over the file.
 The fabric flags are the shared ones (:mod:`reconciler.commands.options`). The service
 itself is :mod:`reconciler.agent.service`.
 
@@ -18,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reconciler.commands.options import add_fabric, add_state, join_settings
+from reconciler.commands.options import add_fabric, add_state, join_settings, refuse_plaintext
 from reconciler.errors import ConfigError, UsageError
 
 _DEFAULTS: dict[str, Any] = {
@@ -31,11 +32,12 @@ _DEFAULTS: dict[str, Any] = {
     "capacity_cpu_milli": None,
     "capacity_memory_mb": None,
     "labels": [],
-    "advertise_host": "127.0.0.1",
+    "advertise_host": None,  # default: the fabric's advertised host
     "enforcement": "auto",
     "cluster": "myco",
     "profile": "local",
     "wither_on_exit": False,
+    "insecure": False,
 }
 
 
@@ -57,7 +59,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity-memory-mb", type=int, metavar="N")
     p.add_argument("--label", action="append", dest="labels", metavar="K=V")
     p.add_argument(
-        "--advertise-host", help="host the instances' endpoints are reported on (127.0.0.1)"
+        "--advertise-host",
+        help="host instances listen on ($HOST) and are reached at "
+        "(default: the fabric's advertised host)",
     )
     p.add_argument("--enforcement", choices=("auto", "cgroup2", "cgroup1", "rlimit"), help="(auto)")
     p.add_argument(
@@ -128,6 +132,7 @@ def _as_list(v: Any) -> list[str]:
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    from reconciler.addr import is_wildcard
     from reconciler.agent.agent import AgentConfig, default_capacity
     from reconciler.agent.service import run
     from reconciler.records import Nutrients
@@ -145,9 +150,20 @@ def run_agent(args: argparse.Namespace) -> int:
             gossip_key=s["gossip_key"],
             cluster=str(s["cluster"]),
             profile=str(s["profile"]),
+            insecure=bool(s["insecure"]),
         ),
         "agent",
     )
+    api = str(s["api"])
+    refuse_plaintext(
+        "agent", "the agent API", api, keyed=fabric.gossip_key is not None, insecure=fabric.insecure
+    )
+    advertise_host = str(s["advertise_host"] or fabric.advertised_host())
+    if is_wildcard(advertise_host):
+        raise ConfigError(
+            f"agent: cannot advertise instances on {advertise_host!r}: give --advertise-host "
+            "HOST with this host's own address"
+        )
     state = Path(s["state"]).absolute()
     try:
         state.mkdir(parents=True, exist_ok=True)
@@ -166,11 +182,11 @@ def run_agent(args: argparse.Namespace) -> int:
         node=str(s["node"]),
         state_dir=state,
         fabric=fabric,
-        api_bind=str(s["api"]),
+        api_bind=api,
         trust=trust_paths,
         capacity=capacity,
         labels=labels,
-        advertise_host=str(s["advertise_host"]),
+        advertise_host=advertise_host,
         enforcement=str(s["enforcement"]),
         wither_on_exit=bool(s["wither_on_exit"]),
     )

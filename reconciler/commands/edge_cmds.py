@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from reconciler.commands.options import add_fabric, join_settings
+from reconciler.commands.options import add_fabric, join_settings, refuse_plaintext
 from reconciler.errors import UsageError
 
 
@@ -106,6 +106,13 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
     host, port = parse_addr(args.listen)
     if args.metrics_listen:
         parse_addr(args.metrics_listen, what="--metrics-listen")
+        refuse_plaintext(
+            "edge",
+            "--metrics-listen",
+            args.metrics_listen,
+            keyed=join is not None and join.gossip_key is not None,
+            insecure=bool(args.insecure),
+        )
     config = EdgeConfig(
         host=host,
         port=port,

@@ -2,7 +2,11 @@
 
 ``--state``, ``--api`` (an agent API URL, for the short-lived verbs), the fabric flags
 (``--join``, ``--gossip-bind``, ``--advertise``, ``--gossip-key``, ``--cluster``,
-``--profile``) and their conversion into :class:`~reconciler.fabric.joining.JoinSettings`.
+``--profile``, ``--insecure``) and their conversion into
+:class:`~reconciler.fabric.joining.JoinSettings`.
+
+Fail closed: gossip, or an HTTP listener (:func:`refuse_plaintext`), on an address other
+hosts can reach without a keyring (``--gossip-key``) is refused unless ``--insecure``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.errors import UsageError
+from reconciler.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from reconciler.fabric.joining import JoinSettings
@@ -64,14 +68,16 @@ def add_fabric(
         "--advertise",
         default=None,
         metavar="HOST[:PORT]",
-        help="gossip address peers should use (default: the bound address)",
+        help="gossip address peers should use (default: the bound address; with a wildcard "
+        "bind, the address that routes to the first --join seed)",
     )
     p.add_argument(
         "--gossip-key",
         type=Path,
         default=None,
         metavar="FILE",
-        help="fabric keyring file (base64 AES keys, one per line); without it, plaintext",
+        help="fabric keyring file (base64 AES keys, one per line); without it, plaintext "
+        "(refused off loopback unless --insecure)",
     )
     p.add_argument("--cluster", default=d("myco"), help="fabric cluster name (default myco)")
     p.add_argument(
@@ -79,6 +85,12 @@ def add_fabric(
         choices=("local", "lan"),
         default=d(profile_default),
         help=f"fabric timing profile (default {profile_default})",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False if defaults else None,
+        help="allow gossip and HTTP listeners off loopback without --gossip-key (plaintext)",
     )
 
 
@@ -98,11 +110,37 @@ def join_settings(args: argparse.Namespace, verb: str) -> JoinSettings:
     advertise = args.advertise or None  # a host alone takes the bound port
     if advertise is not None and ":" in advertise:
         parse_addr(advertise, what="--advertise", error=UsageError, allow_zero=False)
-    return JoinSettings(
+    settings = JoinSettings(
         bind=bind,
         seeds=seeds,
         advertise=advertise,
         gossip_key=Path(gossip_key) if gossip_key is not None else None,
         cluster=args.cluster or "myco",
         profile=args.profile or "local",
+        insecure=bool(getattr(args, "insecure", False)),
+    )
+    if settings.plaintext_off_loopback() and not settings.insecure:
+        raise ConfigError(
+            f"{verb}: refusing to gossip in plaintext on {bind}: "
+            "give --gossip-key FILE, or --insecure"
+        )
+    try:
+        return settings.resolved(error=ConfigError)
+    except ConfigError as exc:
+        raise ConfigError(f"{verb}: {exc}") from None
+
+
+def refuse_plaintext(verb: str, what: str, addr: str, *, keyed: bool, insecure: bool) -> None:
+    """Refuse to serve ``what`` on ``addr`` off loopback in a mesh without a keyring.
+
+    Allowed on loopback, in a keyed mesh (``keyed``: ``--gossip-key``), or ``insecure``.
+    """
+    from reconciler.addr import is_loopback, parse_addr
+
+    host, _ = parse_addr(addr, what=what, error=UsageError)
+    if is_loopback(host) or keyed or insecure:
+        return
+    raise ConfigError(
+        f"{verb}: refusing to serve {what} in plaintext on {addr} without a keyring: "
+        "give --gossip-key FILE, or --insecure"
     )

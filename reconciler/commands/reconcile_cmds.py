@@ -21,7 +21,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from reconciler.commands.options import add_api, add_fabric, add_state, join_settings
+from reconciler.commands.options import (
+    add_api,
+    add_fabric,
+    add_state,
+    join_settings,
+    refuse_plaintext,
+)
 from reconciler.errors import MycoError, UsageError
 
 if TYPE_CHECKING:
@@ -138,12 +144,23 @@ def _member_options(p: argparse.ArgumentParser) -> None:
 def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
     from reconciler.addr import parse_addr
     from reconciler.home import absolute_state_dir
-    from reconciler.reconcile.service import MemberConfig
+    from reconciler.reconcile.service import MemberConfig, identity_gossip_key
 
     parse_addr(args.repo_listen, what="--repo-listen", error=UsageError)
+    state = absolute_state_dir(args.state)
+    if args.gossip_key is None:  # the identity's keyring, as the service would find it
+        args.gossip_key = identity_gossip_key(state)
+    join = join_settings(args, verb)
+    refuse_plaintext(
+        verb,
+        "the repo and control API",
+        args.repo_listen,
+        keyed=join.gossip_key is not None,
+        insecure=join.insecure,
+    )
     return MemberConfig(
-        state=absolute_state_dir(args.state),
-        join=join_settings(args, verb),
+        state=state,
+        join=join,
         name=args.name,
         key=args.key,
         repo=args.repo,

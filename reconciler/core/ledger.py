@@ -1,9 +1,12 @@
 """The nutrient ledger: free credits per node during one plan, and where a new instance goes.
 
 A node's credits are its capacity (from the host, or overridden per node) minus the
-nutrients of every instance the intents give it. Placement spreads an app's instances
-(fewest of this app first), then prefers the node with the most free credits; ties go to
-the node id, so a plan is deterministic.
+nutrients of every instance the intents give it. Placement spreads a set of instances
+within itself first (fewest of the same revision), then an app's instances as a whole
+(fewest of this app), then prefers the node with the most free credits; ties go to the node
+id, so a plan is deterministic. Spreading the new set of a rollout within itself matters:
+counting the old set alongside it could put the whole new set on the one node the old set
+left free, and then one host's death takes every backend.
 """
 
 from __future__ import annotations
@@ -25,27 +28,37 @@ class Ledger:
     def give(self, node: str, need: Nutrients) -> None:
         self.free[node] = self.free.get(node, Nutrients()) + need
 
-    def place(self, need: Nutrients, count: int, spread: Mapping[str, int]) -> list[str]:
+    def place(
+        self,
+        need: Nutrients,
+        count: int,
+        spread: Mapping[str, int],
+        same: Mapping[str, int] | None = None,
+    ) -> list[str]:
         """Nodes for up to ``count`` new instances (fewer if nothing fits); takes credits.
 
-        ``spread`` counts the app's instances per node already.
+        ``same`` counts the instances of the set being placed (the same revision) per node,
+        ``spread`` all of the app's instances per node; both already placed.
         """
         if count <= 0:
             return []
-        heap: list[tuple[int, int, int, str]] = []
+        same = same or {}
+        heap: list[tuple[int, int, int, int, str]] = []
         for node in self.eligible:
             free = self.free.get(node, Nutrients())
             if need.fits_in(free):
-                heap.append((spread.get(node, 0), -free.cpu_milli, -free.memory_mb, node))
+                heap.append(
+                    (same.get(node, 0), spread.get(node, 0), -free.cpu_milli, -free.memory_mb, node)
+                )
         heapq.heapify(heap)
         chosen: list[str] = []
         while heap and len(chosen) < count:
-            n, _, _, node = heapq.heappop(heap)
+            k, n, _, _, node = heapq.heappop(heap)
             self.take(node, need)
             chosen.append(node)
             free = self.free[node]
             if need.fits_in(free):
-                heapq.heappush(heap, (n + 1, -free.cpu_milli, -free.memory_mb, node))
+                heapq.heappush(heap, (k + 1, n + 1, -free.cpu_milli, -free.memory_mb, node))
         return chosen
 
     def over(self, capacity: Mapping[str, Nutrients]) -> dict[str, Nutrients]:

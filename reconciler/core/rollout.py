@@ -131,16 +131,23 @@ class _Work:
         else:
             self.remove(iid)
 
-    def spread(self) -> dict[str, int]:
+    def spread(self, digest: str | None = None) -> dict[str, int]:
+        """Active instances per node (of ``digest``, if given)."""
         out: dict[str, int] = {}
-        for iid in self.active():
+        for iid in self.active(digest):
             node = self.placed[iid].node
             out[node] = out.get(node, 0) + 1
         return out
 
     def add(self, tmpl: IntentInstance, count: int) -> int:
-        """Place ``count`` new instances like ``tmpl``; returns how many found no node."""
-        nodes = self.ledger.place(tmpl.nutrients, count, self.spread())
+        """Place ``count`` new instances like ``tmpl``; returns how many found no node.
+
+        The new instances spread among themselves first (a rollout's new set never piles
+        onto the node its old set left free), then among all of the app's instances.
+        """
+        nodes = self.ledger.place(
+            tmpl.nutrients, count, self.spread(), same=self.spread(tmpl.digest)
+        )
         short = tmpl.digest.split(":")[-1][:8]
         for node in nodes:
             iid = f"{self.inp.name}-{short}-{self.next_seq}"

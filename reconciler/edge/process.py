@@ -189,7 +189,8 @@ async def _serve_with_fabric(
             fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())
 
         source = FabricRouteSource(fabric)
-        await _serve_until(spec, service, source, sock, publish, fabric, fabric.addr)
+        gossip = join.describe(fabric.addr)
+        await _serve_until(spec, service, source, sock, publish, fabric, gossip)
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +218,8 @@ async def _admin(
         from reconciler.observe.ui import setup_ui
 
         setup_ui(app, fabric)
-    runner, url = await start_app(app, host, port, "the edge's metrics")
+    shown = spec.join.advertised_host() if spec.join is not None else None
+    runner, url = await start_app(app, host, port, "the edge's metrics", advertise_host=shown)
     try:
         yield url
     finally:

@@ -93,6 +93,7 @@ class Fabric:
         )
         self._transport = transport
         self._closed = False
+        self._refused: dict[str, int] = {}  # source host -> packets refused (wrong key/cluster)
 
     # FabricAPI.
 
@@ -178,6 +179,41 @@ class Fabric:
 
     def start(self) -> None:
         self.engine.start()
+        self._transport.set_receiver(self._receive)  # the engine's, watched for refusals
+
+    def _receive(self, src: str, data: bytes, stream: bool) -> None:
+        stats = self.engine.stats
+        before = stats.dropped_auth
+        self.engine.receive(src, data, stream)
+        if stats.dropped_auth != before:
+            host = src.rpartition(":")[0] or src
+            seen = self._refused.get(host, 0)
+            self._refused[host] = seen + 1
+            if not seen:
+                log.warning(
+                    "fabric %s: refused packets from %s: they are sealed with another "
+                    "cluster name or gossip key (check --cluster and --gossip-key on both)",
+                    self.name,
+                    host,
+                )
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Packets refused (another cluster name or key), by source host."""
+        return dict(self._refused)
+
+    def unanswered_warning(self, waited_s: float) -> str:
+        """The warning for a member no peer has answered after ``waited_s`` seconds."""
+        text = f"fabric {self.name}: no member answered from {self.addr} after {waited_s:g} s"
+        if self._refused:
+            hosts = ", ".join(sorted(self._refused))
+            text += f"; packets from {hosts} were refused (another --cluster or --gossip-key?)"
+        else:
+            text += (
+                f"; check that the seeds are up, that they can reach {self.addr} "
+                "(--advertise) and that every member shares --cluster and --gossip-key"
+            )
+        return text + "; still trying"
 
     async def close(self) -> None:
         if self._closed:
@@ -234,8 +270,8 @@ async def open_fabric(
     try:
         if seeds:
             answered = await fabric.join(seeds)
-            if not answered:
-                log.info("fabric %s: no seed answered yet; retrying in the background", name)
+            if not answered and not [m for m in fabric.alive_members() if m != name]:
+                log.warning("%s", fabric.unanswered_warning(cfg.join_timeout))
         yield fabric
     finally:
         if leave_on_exit and not fabric._closed:

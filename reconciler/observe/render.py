@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from .status import AppView, MeshStatus
+from .status import AppView, MeshStatus, NodeView
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -36,6 +36,11 @@ def _short(revision: str) -> str:
     return revision[:12] if len(revision) == 40 else revision
 
 
+def _node_state(n: NodeView) -> str:
+    flags = (",draining" if n.draining else "") + (",INSECURE" if n.insecure else "")
+    return n.state + flags
+
+
 def render_text(st: MeshStatus) -> str:
     head = f"GARDEN  revision {_short(st.revision) or '-'}"
     if st.source:
@@ -44,6 +49,12 @@ def render_text(st: MeshStatus) -> str:
         head += f"  (reported by {st.reconciler})"
     parts = [head]
     parts += [f"  problem: {p}" for p in st.problems]
+    insecure = st.insecure_nodes()
+    if insecure:
+        parts.append(
+            f"WARNING: {len(insecure)} node(s) run with --insecure (plaintext off loopback, "
+            f"no --gossip-key): {', '.join(insecure)}"
+        )
     parts.append("")
     parts.append("NODES")
     parts.append(
@@ -52,7 +63,7 @@ def render_text(st: MeshStatus) -> str:
             [
                 (
                     n.name,
-                    n.state + (",draining" if n.draining else ""),
+                    _node_state(n),
                     ",".join(n.roles) or "-",
                     f"{n.free_cpu_milli}m/{n.cpu_milli}m" if n.cpu_milli else "-",
                     f"{_mb(n.free_memory_mb)}/{_mb(n.memory_mb)}" if n.memory_mb else "-",

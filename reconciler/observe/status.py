@@ -45,6 +45,7 @@ class NodeView:
     free_memory_mb: int = 0
     draining: bool = False
     instances: int = 0
+    insecure: bool = False  # started with --insecure (plaintext off loopback allowed)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ class MeshStatus:
     apps: tuple[AppView, ...] = ()
     instances: tuple[InstanceView, ...] = ()
 
+    def insecure_nodes(self) -> tuple[str, ...]:
+        """Nodes started with ``--insecure``."""
+        return tuple(n.name for n in self.nodes if n.insecure)
+
     def app(self, name: str) -> AppView | None:
         return next((a for a in self.apps if a.name == name), None)
 
@@ -107,6 +112,7 @@ class MeshStatus:
             "synced": sum(a.sync == "Synced" for a in self.apps),
             "healthy": sum(a.health == "Healthy" for a in self.apps),
             "instances": len(self.instances),
+            "insecure_nodes": list(self.insecure_nodes()),
         }
         return out
 
@@ -206,6 +212,7 @@ def _nodes(
                 free_memory_mb=rec.free.memory_mb,
                 draining=rec.draining,
                 instances=per_node.get(name, 0),
+                insecure=rec.insecure,
             )
         )
     return tuple(out)

@@ -11,6 +11,9 @@ the parts are put together and run through :func:`reconciler.aio.run_until_signa
   :class:`~reconciler.errors.ServiceFailed` instead of running on half alive;
 * ``<state>/reconciler.json`` (name, control URL, pid) exists while it runs.
 
+The spore/control URL published to agents is ``--repo-url`` if given, else the served one:
+for a wildcard ``--repo-listen``, ``http://<advertised gossip host>:<port>``.
+
 A graceful stop (SIGINT/SIGTERM) cancels the tasks, gives the lease up, stops the server and
 leaves the fabric, in that order.
 """
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from reconciler.addr import parse_addr
+from reconciler.addr import is_wildcard, parse_addr
 from reconciler.aio import Service, run_until_signalled, stop_tasks
 from reconciler.errors import UsageError
 from reconciler.fabric.api import FabricAPI
@@ -148,7 +151,7 @@ async def main(
 
 
 def startup_line(rec: ReconcileLoop, config: ReconcileConfig) -> str:
-    gossip = getattr(rec.fabric, "addr", "") or "?"
+    gossip = config.member.join.describe(getattr(rec.fabric, "addr", "") or "?")
     return (
         f"reconciler {rec.fabric.name}: {config.garden.describe()}, repo and control API "
         f"{rec.control_url}, dashboard {rec.control_url}/ui/, gossip {gossip}"
@@ -175,6 +178,22 @@ def _identity_dir(state: Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def identity_gossip_key(state: Path) -> Path | None:
+    """The keyring of the identity beside ``state`` (as ``myco up`` lays it out), if any."""
+    identity = _identity_dir(state)
+    key = identity / "gossip.key" if identity is not None else None
+    return key if key is not None and key.is_file() else None
+
+
+def advertised_host(fabric: FabricAPI) -> str | None:
+    """The host of the member's gossip address, which peers reach (None if unknown)."""
+    try:
+        host, _ = parse_addr(str(getattr(fabric, "addr", "")), error=ValueError)
+    except ValueError:
+        return None
+    return None if is_wildcard(host) else host
 
 
 def resolve(config: MemberConfig) -> MemberConfig:
@@ -214,7 +233,9 @@ async def open_member(
     async with opener(name) as fabric:
         builder = SporeBuilder(repo, config.key)
         rec = ReconcileLoop(fabric, source, builder, settings, overrides=overrides)
-        runner, served = await start_app(make_app(rec, repo), host, port, "the repo")
+        runner, served = await start_app(
+            make_app(rec, repo), host, port, "the repo", advertise_host=advertised_host(fabric)
+        )
         try:
             url = (config.public_url or served).rstrip("/")
             rec.settings = replace(rec.settings, fetch_urls=(url,))

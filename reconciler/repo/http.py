@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -31,8 +32,13 @@ log = logging.getLogger("myco.repo")
 SPORE_MEDIA_TYPE = "application/vnd.myco.spore+zip"
 
 
-def spore_routes(repo: SporeRepo) -> web.RouteTableDef:
-    """Routes for ``GET /spores/{digest}`` (and HEAD): 400 malformed, 404 unknown."""
+def spore_routes(repo: SporeRepo, serves: Callable[[str], bool] | None = None) -> web.RouteTableDef:
+    """Routes for ``GET /spores/{digest}`` (and HEAD): 400 malformed, 404 unknown.
+
+    ``serves`` narrows what is served: a digest it refuses is 404 even if stored (an
+    agent serves only the spores it has verified). Whatever is served is re-hashed first
+    and streamed from the file.
+    """
     routes = web.RouteTableDef()
 
     @routes.get("/spores/{digest}")
@@ -40,6 +46,8 @@ def spore_routes(repo: SporeRepo) -> web.RouteTableDef:
         digest = request.match_info["digest"]
         if not DIGEST_RE.match(digest):
             raise web.HTTPBadRequest(text="malformed digest: expected 64 lowercase hex digits\n")
+        if serves is not None and not serves(digest):
+            raise web.HTTPNotFound(text=f"no spore {digest}\n")
         try:
             path = await asyncio.to_thread(repo.path, digest)
         except NotFoundError:
@@ -72,11 +80,16 @@ async def fetch_spore(
     digest: str,
     dest_dir: Path,
     max_bytes: int = 4 << 30,
+    *,
+    headers: Mapping[str, str] | None = None,
+    client_timeout: aiohttp.ClientTimeout | None = None,
 ) -> Path:
     """Download ``{base_url}/spores/{digest}`` into ``dest_dir/<digest>.spore``.
 
     Streams to a temp file while hashing; raises :class:`IntegrityError` on a digest
     mismatch, :class:`NotFoundError` on 404, :class:`FetchError` (retryable) otherwise.
+    ``headers`` go with the request (a peer's credential); ``client_timeout`` replaces the
+    session's (a short connect timeout lets a dead host fail over quickly).
     """
     check_digest(digest)
     dest_dir = Path(dest_dir)
@@ -88,9 +101,16 @@ async def fetch_spore(
     # Not fsynced: a download lost in a crash is fetched again (and re-hashed before use).
     with atomic_writer(target, 0o644, durable=False) as out:
         try:
-            async with session.get(url) as resp:
+            request = (
+                session.get(url, headers=headers)
+                if client_timeout is None
+                else session.get(url, headers=headers, timeout=client_timeout)
+            )
+            async with request as resp:
                 if resp.status == 404:
                     raise NotFoundError(f"{url}: no such spore")
+                if resp.status == 401:
+                    raise FetchError(f"{url}: HTTP 401 (credential refused)")
                 if resp.status != 200:
                     raise FetchError(f"{url}: HTTP {resp.status}")
                 async for chunk in resp.content.iter_chunked(CHUNK):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,40 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["agent", "--node", "n", "--state", "{tmp}/s", "--trust", "{tmp}/nope"], 1, "nope"),
         (["agent", "--config", "{tmp}/missing.yaml"], 1, "cannot read"),
         (["agent", "--node", "n", "--state", "{tmp}/s", "--label", "x"], 2, "bad label"),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--gossip-bind", "0.0.0.0:0"],
+            1,
+            "agent: refusing to gossip in plaintext on 0.0.0.0:0: "
+            "give --gossip-key FILE, or --insecure",
+        ),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--api", "0.0.0.0:0"],
+            1,
+            "agent: refusing to serve the agent API in plaintext on 0.0.0.0:0 without a "
+            "keyring: give --gossip-key FILE, or --insecure",
+        ),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--gossip-bind", "0.0.0.0:0"]
+            + ["--insecure"],
+            1,
+            "there is no --join seed to learn the right one from: give --advertise HOST",
+        ),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--join", "10.0.0.1:7946"],
+            1,
+            "cannot advertise 127.0.0.1 to seed 10.0.0.1:7946: a loopback address is "
+            "unreachable from other hosts",
+        ),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--join", "10.0.0.1"],
+            2,
+            "bad --join address '10.0.0.1': expected HOST:PORT",
+        ),
+        (
+            ["agent", "--node", "n", "--state", "{tmp}/s", "--advertise-host", "0.0.0.0"],
+            1,
+            "cannot advertise instances on '0.0.0.0'",
+        ),
     ],
 )
 def test_usage_errors_are_one_line(
@@ -208,4 +243,75 @@ async def test_myco_agent_prints_its_startup_line_without_v(tmp_path: Path) -> N
     assert "gossip 127.0.0.1:" in line
     assert any(f"enforcement {m}," in line for m in ("cgroup2", "cgroup1", "rlimit")), line
     assert "1 trusted key" in line
+    assert proc.returncode == 0, rest.decode()
+
+
+#: A network namespace's set-up: loopback up, and a veth pair whose end v0 is 10.77.0.3/24.
+NETNS_SETUP = (
+    "ip link set lo up && ip link add v0 type veth peer name v1 && "
+    "ip addr add 10.77.0.3/24 dev v0 && ip link set v0 up && ip link set v1 up"
+)
+
+
+def _netns_reason() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip (util-linux, iproute2) is not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True, timeout=20
+    )
+    if probe.returncode != 0:
+        return f"cannot make a network namespace: {probe.stderr.decode().strip()}"
+    return None
+
+
+async def test_insecure_wildcard_binds_start_and_say_so(tmp_path: Path) -> None:
+    """``--insecure`` lets a keyless agent bind 0.0.0.0, and it advertises the address that
+    routes to its seed: run in a network namespace of its own (loopback, and a veth pair
+    holding 10.77.0.3/24), so the wildcard reaches nothing outside this test."""
+    reason = _netns_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from reconciler.spore.keys import generate_keypair
+
+    _, pub = generate_keypair(tmp_path / "keys", "dev")
+    seed = "10.77.0.1:7946"  # nobody there: the agent warns and keeps trying
+    argv = [
+        *MYCO, "agent", "--node", "n-open", "--state", str(tmp_path / "state"),
+        "--trust", str(pub), "--capacity-cpu-milli", "1000", "--capacity-memory-mb", "1024",
+        "--gossip-bind", "0.0.0.0:0", "--api", "0.0.0.0:0", "--join", seed, "--insecure",
+    ]  # fmt: skip
+    script = NETNS_SETUP + ' && exec "$@"'
+    proc = await asyncio.create_subprocess_exec(
+        "unshare", "-n", "sh", "-c", script, "sh", *argv,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    seen: list[str] = []
+
+    async def lines_until_started() -> str:
+        assert proc.stderr is not None
+        while raw := await proc.stderr.readline():
+            seen.append(raw.decode())
+            if "agent n-open:" in seen[-1]:
+                return seen[-1]
+        raise AssertionError(f"no start-up line; stderr was: {''.join(seen)}")
+
+    try:
+        line = await asyncio.wait_for(lines_until_started(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = await asyncio.wait_for(proc.communicate(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+    assert f"(the address that routes to seed {seed})" in line
+    assert "gossip advertising 10.77.0.3:" in line
+    assert "INSECURE (plaintext off loopback allowed by --insecure)" in line
+    assert "API http://10.77.0.3:" in line  # a wildcard API is published at the advertised host
+    assert "instances on 10.77.0.3" in line
+    assert any("no member answered from 10.77.0.3:" in x and "still trying" in x for x in seen)
+    assert "Traceback" not in "".join(seen) + rest.decode()
     assert proc.returncode == 0, rest.decode()

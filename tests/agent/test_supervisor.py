@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +16,9 @@ from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 from tests.agent.conftest import Harness
 from tests.helpers import async_wait_for
+
+BILLING = Path(__file__).parents[2] / "workloads" / "billing" / "server.py"
+OTHER_LOOPBACK = "127.0.0.2"  # 127.0.0.0/8 is all loopback: a stand-in for a host's address
 
 FAST_FAIL = RestartPolicy(
     backoff_initial_s=0.02, backoff_max_s=0.05, max_failures=3, window_s=60, stop_grace_s=0.5
@@ -47,6 +51,7 @@ async def test_healthy_instance_gets_ready_with_its_environment(harness: Harness
     assert f"MYCO_NODE={harness.node}".encode() in environ
     assert b"MYCO_APP=demo" in environ
     assert f"PORT={p.port}".encode() in environ
+    assert b"HOST=127.0.0.1" in environ  # the advertised host, beside PORT
     assert os.getpgid(rec.pid) == rec.pid
     assert os.getsid(rec.pid) == rec.pid
     log = harness.state.log_path(iid).read_text()
@@ -223,3 +228,38 @@ async def test_memory_limit_is_enforced(harness: Harness) -> None:
         assert rec.last_exit_code == -9
     log = harness.state.log_path(iid).read_text()
     assert "holding 400 MiB" not in log
+
+
+async def test_a_workload_that_honours_host_is_ready_on_the_advertised_address(
+    harness: Harness,
+) -> None:
+    harness.settings = dataclasses.replace(harness.settings, advertise_host=OTHER_LOOPBACK)
+    p = harness.persisted()
+    p = dataclasses.replace(
+        p, config=dataclasses.replace(p.config, argv=(sys.executable, str(BILLING)))
+    )
+    iid = p.config.instance_id
+    harness.supervisor(p)
+    await async_wait_for(harness.phase_is(iid, "ready"), what="ready")
+    rec = harness.last(iid)
+    assert rec is not None
+    assert rec.pid
+    assert rec.endpoint == f"{OTHER_LOOPBACK}:{p.port}"
+    assert f"HOST={OTHER_LOOPBACK}".encode() in environ_of(rec.pid)
+    async with harness.session.get(f"http://{rec.endpoint}/hello") as resp:
+        assert resp.status == 200
+
+
+async def test_a_workload_on_loopback_only_is_never_ready_and_says_why(harness: Harness) -> None:
+    # serve.py ignores HOST and binds 127.0.0.1: the advertised endpoint stays closed.
+    harness.settings = dataclasses.replace(harness.settings, advertise_host=OTHER_LOOPBACK)
+    p = harness.persisted(restart=FAST_FAIL)
+    iid = p.config.instance_id
+    harness.supervisor(p)
+    await async_wait_for(harness.phase_is(iid, "failed"), within=30, what="failed")
+    rec = harness.last(iid)
+    assert rec is not None
+    assert "listens on 127.0.0.1 only: unreachable from other hosts" in rec.message
+    assert f"$HOST: {OTHER_LOOPBACK}" in rec.message
+    assert "ready" not in harness.phases(iid)
+    assert not any(r.healthy for r in harness.reports if r.instance_id == iid)

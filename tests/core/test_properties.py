@@ -130,3 +130,19 @@ def test_incremental_replan_equals_full_plan(
 
 def replace_tuple(t: tuple[int, int, int, str], count: int) -> tuple[int, int, int, str]:
     return (count, t[1], t[2], t[3])
+
+
+def test_a_new_set_spreads_within_itself_before_avoiding_the_old_one() -> None:
+    """Blue-green: the old set is on n1 and n2; the new set must not all land on n3 (the node
+    the old set left free), or one host's death takes every new backend."""
+    from reconciler.core.ledger import Ledger
+    from reconciler.records import Nutrients
+
+    big, small = Nutrients(8000, 8192), Nutrients(2000, 2048)
+    ledger = Ledger({"n1": small, "n2": small, "n3": big}, ["n1", "n2", "n3"])
+    need = Nutrients(100, 64)
+    old = {"n1": 1, "n2": 1}
+    chosen = ledger.place(need, 2, spread=old, same={})
+    assert len(set(chosen)) == 2, chosen
+    assert "n3" in chosen  # and it still prefers the node without the app first
+    # (before the per-set count, the old set's counts made n3 win twice: ["n3", "n3"])

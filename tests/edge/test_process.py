@@ -103,3 +103,41 @@ async def test_startup_line_is_shown_without_verbose(
     assert "/ui/" in line
     assert "fabric member edge-line gossip 127.0.0.1:" in line
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--route", "a=127.0.0.1:1", "--metrics-listen", "0.0.0.0:0"],
+            "edge: refusing to serve --metrics-listen in plaintext on 0.0.0.0:0 without a "
+            "keyring: give --gossip-key FILE, or --insecure",
+        ),
+        (
+            ["--join", "127.0.0.1:7946", "--gossip-bind", "0.0.0.0:7947"],
+            "edge: refusing to gossip in plaintext on 0.0.0.0:7947: "
+            "give --gossip-key FILE, or --insecure",
+        ),
+        (
+            ["--join", "10.0.0.1:7946"],
+            "edge: cannot advertise 127.0.0.1 to seed 10.0.0.1:7946: a loopback address is "
+            "unreachable from other hosts",
+        ),
+        (
+            ["--join", "127.0.0.1:7946", "--advertise", "0.0.0.0"],
+            "edge: cannot advertise 0.0.0.0: no peer can reach a wildcard address",
+        ),
+    ],
+)
+def test_the_edge_refuses_unsafe_or_unreachable_addresses_in_one_line(
+    args: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"myco: error: {message}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from reconciler.fabric.api import Member
 from reconciler.observe.render import render_json, render_text, table
 from reconciler.observe.snapshot import Entry, FabricSnapshot, snapshot_from_json
 from reconciler.observe.status import NOT_IN_GARDEN, build_status
-from reconciler.records import AppStatus
+from reconciler.records import AppStatus, NodeRecord
 
 from .conftest import COMMIT, garden, inst, sample_snapshot
 
@@ -119,13 +120,33 @@ def test_render_json_is_the_documented_shape() -> None:
     doc = json.loads(render_json(build_status(sample_snapshot())))
     assert doc["summary"] == {
         "apps": 2, "healthy": 1, "synced": 1, "instances": 4,
-        "nodes": {"alive": 3, "suspect": 1, "dead": 0, "left": 0},
+        "nodes": {"alive": 3, "suspect": 1, "dead": 0, "left": 0}, "insecure_nodes": [],
     }  # fmt: skip
     assert doc["apps"][0]["instances"] == 2
     assert {"name", "sync", "health", "reason", "revision", "rollout", "ready", "desired"} <= set(
         doc["apps"][0]
     )
     assert {"instance_id", "node", "phase", "restarts", "endpoint"} <= set(doc["instances"][0])
+
+
+def test_an_insecure_node_is_marked_and_warned_about() -> None:
+    snap = sample_snapshot()
+    insecure = NodeRecord(node_id="n1", api_url="http://10.0.0.1:1", insecure=True).to_json()
+    entries = tuple(
+        Entry("n1", "node", insecure, e.version) if (e.owner, e.key) == ("n1", "node") else e
+        for e in snap.entries
+    )
+    st = build_status(dataclasses.replace(snap, entries=entries))
+    assert st.insecure_nodes() == ("n1",)
+    lines = render_text(st).splitlines()
+    warning = [line for line in lines if line.startswith("WARNING:")]
+    assert warning == [
+        "WARNING: 1 node(s) run with --insecure (plaintext off loopback, no --gossip-key): n1"
+    ]
+    assert any(line.split()[:2] == ["n1", "alive,INSECURE"] for line in lines)
+    assert not any(line.split()[:2] == ["n2", "suspect,INSECURE"] for line in lines)
+    assert json.loads(render_json(st))["summary"]["insecure_nodes"] == ["n1"]
+    assert "WARNING" not in render_text(build_status(sample_snapshot()))
 
 
 def test_table_aligns_columns() -> None:

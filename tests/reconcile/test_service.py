@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from functools import partial
@@ -91,3 +94,76 @@ async def test_myco_reconcile_prints_its_startup_line_without_v(tmp_path: Path) 
     assert "dashboard http://127.0.0.1:" in line
     assert "gossip 127.0.0.1:" in line
     assert proc.returncode == 0, rest.decode()
+
+
+#: A network namespace's set-up: loopback up, and a veth pair whose end v0 is 10.77.0.3/24.
+NETNS_SETUP = (
+    "ip link set lo up && ip link add v0 type veth peer name v1 && "
+    "ip addr add 10.77.0.3/24 dev v0 && ip link set v0 up && ip link set v1 up"
+)
+
+
+def _netns_reason() -> str | None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip (util-linux, iproute2) is not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True, timeout=20
+    )
+    if probe.returncode != 0:
+        return f"cannot make a network namespace: {probe.stderr.decode().strip()}"
+    return None
+
+
+async def test_a_wildcard_repo_listen_publishes_the_advertised_host(tmp_path: Path) -> None:
+    """``--repo-listen 0.0.0.0:0`` without ``--repo-url``: agents are told
+    ``http://<advertised host>:<port>``, not loopback. In a network namespace of its own
+    (loopback and a veth end holding 10.77.0.3/24), so the wildcard reaches nothing else."""
+    reason = _netns_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    garden = tmp_path / "garden"
+    garden.mkdir()
+    argv = [
+        sys.executable, "-m", "reconciler", "reconcile", "--watch", str(garden),
+        "--state", str(tmp_path / "state"), "--name", "rec-wild",
+        "--repo-listen", "0.0.0.0:0", "--gossip-bind", "0.0.0.0:0",
+        "--join", "10.77.0.1:7946", "--insecure",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        "unshare", "-n", "sh", "-c", NETNS_SETUP + ' && exec "$@"', "sh", *argv,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        line = await asyncio.wait_for(_stderr_line(proc, b"reconciler rec-wild:"), 60)
+        info = json.loads((tmp_path / "state" / "reconciler.json").read_text())
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, rest = await asyncio.wait_for(proc.communicate(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+    assert "repo and control API http://10.77.0.3:" in line
+    assert info["control_url"].startswith("http://10.77.0.3:")
+    assert "gossip advertising 10.77.0.3:" in line
+    assert "(the address that routes to seed 10.77.0.1:7946)" in line
+    assert "INSECURE" in line
+    assert proc.returncode == 0, rest.decode()
+
+
+def test_a_keyless_wildcard_repo_listen_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "reconciler", "reconcile", "--watch", str(tmp_path),
+            "--state", str(tmp_path / "state"), "--repo-listen", "0.0.0.0:0",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        "myco: error: reconcile: refusing to serve the repo and control API in plaintext on "
+        "0.0.0.0:0 without a keyring: give --gossip-key FILE, or --insecure"
+    )

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import tracemalloc
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from reconciler.errors import SporeError
+from reconciler.reconcile.builder import SporeBuilder
+from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import build_spore, dna_key, scan_source
 from reconciler.spore.extract import extract_spore
 from reconciler.spore.manifest import SporeManifest
@@ -131,3 +135,41 @@ def test_a_failed_build_leaves_the_previous_spore_and_no_partial_file(dna, keys,
     assert [p.name for p in built.path.parent.iterdir()] == ["billing-1.0.0.spore"]
     assert built.path.read_bytes() == before
     assert built.path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_standby_rebuilds_the_same_digest_from_its_own_git_checkout(dna, keys, tmp_path):
+    """Failover: the standby reconciler's repo has none of the active one's spores; built
+    from another clone of the same commit (other path, mtimes, umask), they are the same
+    bytes, so the digests in the intents do not change and agents find them anywhere."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
+
+    def run(*args: str, cwd: Path) -> None:
+        subprocess.run([git, *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+    origin = tmp_path / "origin"
+    shutil.copytree(dna.source, origin / "billing")
+    run("init", "-q", str(origin), cwd=tmp_path)
+    run("add", "-A", cwd=origin)
+    run("commit", "-q", "-m", "billing", cwd=origin)
+
+    digests = []
+    for name, umask in (("active", 0o022), ("standby", 0o077)):
+        old = os.umask(umask)
+        try:
+            run("clone", "-q", str(origin), str(tmp_path / name), cwd=tmp_path)
+        finally:
+            os.umask(old)
+        builder = SporeBuilder(SporeRepo(tmp_path / f"{name}-repo"), keys.key)
+        digests.append(builder.digest_for(replace(dna, source=tmp_path / name / "billing")))
+    assert digests[0] == digests[1]
+    assert oct((tmp_path / "standby" / "billing" / "app.py").stat().st_mode & 0o777) == "0o600"
+    assert digests[0] == build_spore(dna, keys.key, tmp_path / "direct").digest

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,3 +139,44 @@ def test_garden_document_builds_a_spore_that_runs(app, keys, trust, tmp_path):
         assert dict(m.env)["BILLING_URL"] == "http://127.0.0.1:8080/billing"
     command = [sys.executable if m.command[0] == "python3" else m.command[0], *m.command[1:]]
     _run_and_check(dest, command + list(m.args), app, dict(m.env))
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("app", "command"),
+    [
+        ("billing", [sys.executable, "server.py"]),
+        ("frontend", [sys.executable, "server.py"]),
+        ("greeter", ["node", "server.js"]),
+    ],
+)
+def test_every_example_workload_binds_host(app: str, command: list[str]) -> None:
+    """The workload contract: listen on $HOST:$PORT (the host's advertised address).
+
+    127.0.0.2 stands in for a host's address (127.0.0.0/8 is all loopback on Linux); a
+    workload that bound 127.0.0.1 instead would not answer there."""
+    if shutil.which(command[0]) is None:
+        pytest.skip(f"{command[0]} is not installed")
+    host, port = "127.0.0.2", free_port()
+    env = {**os.environ, "HOST": host, "PORT": str(port), "MYCO_INSTANCE": f"{app}-i1"}
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT / "workloads" / app,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: proc.poll() is not None or _answers(host, port), timeout=20, what="up")
+        assert proc.poll() is None, f"{app} exited with {proc.returncode}"
+        assert not _answers("127.0.0.1", port), f"{app} listens on 127.0.0.1, not on $HOST"
+    finally:
+        proc.kill()
+        proc.wait()

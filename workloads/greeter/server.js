@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Example workload "greeter", written in JavaScript for Node.js: a spore's command may be
-// any executable. Same contract as the Python examples: listens on $PORT, answers
+// any executable. Same contract as the Python examples: listens on $HOST:$PORT, answers
 // GET /health and GET /hello (naming app, version and instance), stops cleanly on SIGTERM.
 "use strict";
 const http = require("http");
