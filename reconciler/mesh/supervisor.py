@@ -120,6 +120,22 @@ class Supervisor:
     def pids(self) -> dict[str, int]:
         return {name: child.pid for name, child in self.children.items()}
 
+    async def start_retrying(self, spec: ChildSpec, attempts: int = 3) -> Child:
+        """:meth:`start`, tried up to ``attempts`` times (0.5 s, then 1 s apart): a port
+        taken for a moment by someone else's connection should not fail ``myco up``, and a
+        real misconfiguration still fails within a couple of seconds."""
+        delay = self.policy.initial_s
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.start(spec)
+            except ChildFailed as exc:
+                if attempt == attempts or self.stopping:
+                    raise
+                self.say(f"{exc}; retrying in {delay:g}s")
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def start(self, spec: ChildSpec) -> Child:
         """Start ``spec`` and wait until it is ready; :class:`ChildFailed` if it is not."""
         if self.stopping:

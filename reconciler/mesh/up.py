@@ -267,7 +267,7 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], service: Service) 
         async with sup:
             try:
                 for spec in plan.children:
-                    await sup.start(spec)
+                    await sup.start_retrying(spec)
                 save_record()
                 say(
                     f"mesh up: {opts.nodes} agent(s), reconciler watching {opts.garden}, "

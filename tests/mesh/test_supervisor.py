@@ -131,3 +131,33 @@ async def test_kill_all_kills_every_group_at_once(tmp_path):
     await sup.stop()
     with pytest.raises(ChildFailed, match="stopping"):
         await sup.start(_spec(tmp_path, "pass", "late"))
+
+
+async def test_a_first_start_that_fails_is_tried_again_a_few_times(tmp_path):
+    """A port taken for a moment must not fail `myco up`; a real error still fails fast."""
+    said: list[str] = []
+    tries = tmp_path / "tries"
+    # Exits at once on its first two starts, then stays up.
+    code = (
+        f"import pathlib, sys, time; p = pathlib.Path({str(tries)!r}); "
+        "n = len(p.read_text()) if p.exists() else 0; p.write_text('x' * (n + 1)); "
+        "sys.exit(1) if n < 2 else time.sleep(60)"
+    )
+    spec = ChildSpec(
+        name="child",
+        argv=[sys.executable, "-c", code],
+        log_path=tmp_path / "child.log",
+        ready=lambda: tries.exists() and len(tries.read_text()) >= 3,
+        stop_grace_s=5.0,
+    )
+    async with Supervisor(FAST, said.append) as sup:
+        child = await sup.start_retrying(spec)
+        assert _alive(child.pid)
+    assert [line.rsplit(" ", 1)[1] for line in said] == ["0.05s", "0.1s"]
+    assert all("child exited (exit code 1) while starting" in line for line in said)
+
+    said.clear()
+    with pytest.raises(ChildFailed, match="while starting"):
+        async with Supervisor(FAST, said.append) as sup:
+            await sup.start_retrying(_spec(tmp_path, "import sys; sys.exit(2)", name="bad"))
+    assert len(said) == 2  # three attempts in all, then the error
