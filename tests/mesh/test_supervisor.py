@@ -159,5 +159,11 @@ async def test_a_first_start_that_fails_is_tried_again_a_few_times(tmp_path):
     said.clear()
     with pytest.raises(ChildFailed, match="while starting"):
         async with Supervisor(FAST, said.append) as sup:
-            await sup.start_retrying(_spec(tmp_path, "import sys; sys.exit(2)", name="bad"))
+            bad = ChildSpec(
+                name="bad",
+                argv=[sys.executable, "-c", "import sys; sys.exit(2)"],
+                log_path=tmp_path / "bad.log",
+                ready=lambda: False,
+            )
+            await sup.start_retrying(bad)
     assert len(said) == 2  # three attempts in all, then the error
