@@ -157,13 +157,13 @@ async def test_a_first_start_that_fails_is_tried_again_a_few_times(tmp_path):
     assert all("child exited (exit code 1) while starting" in line for line in said)
 
     said.clear()
-    with pytest.raises(ChildFailed, match="while starting"):
-        async with Supervisor(FAST, said.append) as sup:
-            bad = ChildSpec(
-                name="bad",
-                argv=[sys.executable, "-c", "import sys; sys.exit(2)"],
-                log_path=tmp_path / "bad.log",
-                ready=lambda: False,
-            )
+    bad = ChildSpec(
+        name="bad",
+        argv=[sys.executable, "-c", "import sys; sys.exit(2)"],
+        log_path=tmp_path / "bad.log",
+        ready=lambda: False,
+    )
+    async with Supervisor(FAST, said.append) as sup:
+        with pytest.raises(ChildFailed, match="while starting"):
             await sup.start_retrying(bad)
     assert len(said) == 2  # three attempts in all, then the error
