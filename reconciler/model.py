@@ -50,6 +50,27 @@ class RestartPolicy:
     stop_grace_s: float = 5.0  # SIGTERM → SIGKILL
 
 
+BuildKind = Literal["python", "node", "command"]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A reproducible dependency build whose output is vendored into the spore's payload.
+
+    Its inputs (the lock file's bytes are hashed with the source; the fields below; the
+    target ``platform``) are part of the DNA, so a change to any of them rebuilds.
+    """
+
+    kind: BuildKind
+    requirements: str = ""  # python: a pinned lock file, relative to ``source``
+    lockfile: str = ""  # node: package-lock.json, relative to ``source``
+    command: tuple[str, ...] = ()  # command: the build command, run in a copy of ``source``
+    outputs: tuple[str, ...] = ()  # command: the paths it produces, relative to ``source``
+    #: the platform the output is for ("" until the builder resolves it; "any" for pure code),
+    #: e.g. "cp311-manylinux_x86_64" or "node20-linux_x64"; agents run only what matches
+    platform: str = ""
+
+
 @dataclass(frozen=True)
 class Dna:
     """Everything that goes into the signed spore manifest (plus the files under ``source``)."""
@@ -65,6 +86,7 @@ class Dna:
     security: Security = field(default_factory=Security)
     health: Health = field(default_factory=Health)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    build: Build | None = None
 
 
 @dataclass(frozen=True)

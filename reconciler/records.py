@@ -129,6 +129,9 @@ class NodeRecord(_Record):
     insecure: bool = False
     #: digests of the verified spores this agent holds and serves to peers
     spores: tuple[str, ...] = ()
+    #: platform tags this host runs (e.g. "cp311-manylinux_x86_64", "node20-linux_x64");
+    #: a spore built for a platform is placed only on nodes listing it ("any" runs anywhere)
+    platforms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
