@@ -22,7 +22,8 @@ succeed later (it carries a suggested ``delay``); everything else is permanent.
     │   ├── SporeFormatError       not a well-formed spore archive (entries, paths, limits)
     │   ├── IntegrityError         a hash or digest does not match
     │   ├── SignatureError         the signature is missing or does not verify
-    │   └── TrustError             the signer is not trusted for this app name
+    │   ├── TrustError             the signer is not trusted for this app name
+    │   └── BuildError             (spore.deps) a dependency build failed or was refused
     ├── RepoError                  the content-addressed store
     │   ├── NotFoundError          no object with that digest
     │   └── CorruptObjectError     a stored object no longer matches its digest

@@ -35,6 +35,7 @@ from reconciler.agent.converge import Start, Stop, converge, free_credits, pick_
 from reconciler.agent.fetch import FetchSettings, Prepared, SporeCache
 from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.peers import announced, peers_holding
+from reconciler.agent.platform import check_platform, detect, spore_platform
 from reconciler.agent.runner import LocalRunner, ProcessRunner
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
@@ -83,6 +84,7 @@ class AgentConfig:
     drain_timeout_s: float = 10.0
     fetch: FetchSettings = field(default_factory=FetchSettings)
     wither_on_exit: bool = False  # stop the instances too when the agent stops (myco up)
+    platforms: tuple[str, ...] | None = None  # platform tags run here; None: detect at start
     exit_wither_timeout_s: float = 30.0
 
 
@@ -120,6 +122,7 @@ class Agent:
             drain_timeout_s=config.drain_timeout_s,
         )
         self.api_url = ""
+        self.platforms: tuple[str, ...] = config.platforms or ()  # see run()
         self.records: dict[str, InstanceRecord] = {}
         self.records_json: dict[str, dict[str, Any]] = {}  # as published (API reuses it)
         self._sups: dict[str, Supervisor] = {}
@@ -168,6 +171,9 @@ class Agent:
                     peer_token=self.keyring.peer_token() if self.keyring else None,
                     on_verified=lambda _: self.publish_node(),
                 )
+                if self.config.platforms is None:
+                    self.platforms = await detect()
+                    log.info("platforms: %s", ", ".join(self.platforms))
                 self.enforcer.remove_stale(self.state.instance_ids())
                 api = await serve_api(self, self.config.api_bind)
                 try:
@@ -363,6 +369,7 @@ class Agent:
 
     def _new_supervisor(self, intent: IntentInstance, prepared: Prepared) -> Supervisor:
         m = prepared.manifest
+        check_platform(spore_platform(m), self.platforms)  # never start a foreign build
         iid = intent.instance_id
         cfg = InstanceConfig(
             instance_id=iid,
@@ -460,6 +467,7 @@ class Agent:
             draining=False,
             insecure=self.config.fabric.insecure,
             spores=announced(self._digests.values(), self.cache.verified() if self.cache else ()),
+            platforms=self.platforms,
         )
 
     def publish_node(self) -> None:

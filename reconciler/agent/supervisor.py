@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,6 +56,25 @@ class SupervisorSettings:
     kill_wait_s: float = 5.0  # bound on waiting for SIGKILLed processes to vanish
     tail_lines: int = 10
     stats_every_s: float = 10.0  # how often RSS/CPU are re-published while ready
+
+
+#: where a build vendors dependencies in the payload, and the variable that finds them
+VENDORED = (("_vendor/python", "PYTHONPATH"), ("node_modules", "NODE_PATH"))
+
+
+def vendored_paths(payload: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """``PYTHONPATH``/``NODE_PATH`` with the payload's vendored dependencies first.
+
+    A Python build vendors into ``_vendor/python``, a Node build into ``node_modules``
+    (Node also finds that directory beside a CommonJS script by itself; ``NODE_PATH``
+    covers scripts elsewhere and ``node -e``). What the DNA's ``env`` sets comes after.
+    """
+    out: dict[str, str] = {}
+    for rel, var in VENDORED:
+        where = payload / rel
+        if where.is_dir():
+            out[var] = os.pathsep.join(p for p in (str(where), env.get(var, "")) if p)
+    return out
 
 
 Report = Callable[[InstanceRecord], None]
@@ -201,6 +220,7 @@ class Supervisor:
             MYCO_VERSION=c.version,
             MYCO_DIGEST=c.digest,
         )
+        env.update(vendored_paths(Path(c.cwd), env))
         return env
 
     async def _start(self) -> ProcInfo:

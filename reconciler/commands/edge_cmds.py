@@ -63,6 +63,41 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="limit on a whole exchange, 0 for none (default 300)",
     )
     p.add_argument(
+        "--client-header-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a client must send a whole request head within this, else 408 (default 60)",
+    )
+    p.add_argument(
+        "--client-body-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest wait for the next byte of a request body (default 60)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        metavar="S",
+        help="close an idle keep-alive client connection after this (default 75)",
+    )
+    p.add_argument(
+        "--tunnel-idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="close a WebSocket/upgrade tunnel idle both ways this long, 0 for never (default 300)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="open client connections per worker; at the cap, accepting waits (default 1024)",
+    )
+    p.add_argument(
         "--retries",
         type=int,
         default=2,
@@ -85,12 +120,31 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="serve /metrics (and the /ui dashboard) on this address (default: off)",
     )
+    p.add_argument(
+        "--data-plane",
+        choices=("python", "haproxy"),
+        default="python",
+        help="who proxies: this process (python, default) or a local HAProxy it programs "
+        "through its runtime API (then --workers is HAProxy's thread count)",
+    )
+    p.add_argument(
+        "--state",
+        default="",
+        metavar="DIR",
+        help="the HAProxy data plane's config, map and runtime socket (default: a temp dir)",
+    )
     p.set_defaults(func=run_edge_cmd)
 
 
 def run_edge_cmd(args: argparse.Namespace) -> int:
     from reconciler.addr import parse_addr
-    from reconciler.edge.config import EdgeConfig, EjectionPolicy, RetryPolicy, Timeouts
+    from reconciler.edge.config import (
+        ClientLimits,
+        EdgeConfig,
+        EjectionPolicy,
+        RetryPolicy,
+        Timeouts,
+    )
     from reconciler.edge.process import EdgeRunSpec, run
     from reconciler.edge.source import parse_static_route
 
@@ -102,6 +156,10 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         raise UsageError("edge: --workers must be at least 1")
     if args.retries < 0:
         raise UsageError("edge: --retries must be 0 or more")
+    if args.data_plane == "haproxy":
+        from reconciler.edge.haproxy import find_haproxy
+
+        find_haproxy()  # one clear error before anything starts
     join = join_settings(args, "edge") if args.join else None
     host, port = parse_addr(args.listen)
     if args.metrics_listen:
@@ -123,6 +181,13 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
             max_s=max(60.0, args.eject_for),
         ),
         retry=RetryPolicy(max_attempts=1 + args.retries),
+        client=ClientLimits(
+            header_s=args.client_header_timeout,
+            body_s=args.client_body_timeout,
+            keepalive_s=args.keepalive_timeout,
+            tunnel_idle_s=args.tunnel_idle_timeout,
+            max_connections=args.max_connections,
+        ),
         stats_interval_s=args.stats_interval,
         shutdown_grace_s=args.shutdown_grace,
         server=args.server,
@@ -137,5 +202,7 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         verbosity=args.verbose,
         log_format=args.log_format,
         metrics_listen=args.metrics_listen,
+        data_plane=args.data_plane,
+        state_dir=args.state,
     )
     return run(spec)

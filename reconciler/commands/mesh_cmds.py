@@ -31,6 +31,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument(
+        "--data-plane",
+        choices=("python", "haproxy"),
+        default="python",
+        help="the edge's data plane: itself (python) or a local HAProxy it programs",
+    )
+    p.add_argument(
         "--notify-webhook",
         action="append",
         default=[],
@@ -92,6 +98,7 @@ def _up(args: argparse.Namespace) -> int:
         edge=args.edge,
         verbose=args.verbose,
         webhooks=tuple(args.notify_webhook),
+        data_plane=args.data_plane,
     )
     if args.detach:
         return _detach(args, opts.state)
@@ -141,6 +148,7 @@ def _detach(args: argparse.Namespace, state: Path) -> int:
 
     argv = [sys.executable, "-m", "reconciler", "up", args.garden, "--nodes", str(args.nodes)]
     argv += ["--edge", args.edge, "--state", str(state)] + ["-v"] * args.verbose
+    argv += ["--data-plane", args.data_plane]
     for url in args.notify_webhook:
         argv += ["--notify-webhook", url]
     state.mkdir(parents=True, exist_ok=True)

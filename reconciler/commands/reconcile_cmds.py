@@ -139,6 +139,13 @@ def _member_options(p: argparse.ArgumentParser) -> None:
         help="serve the repo and the control API here (default 127.0.0.1:0)",
     )
     p.add_argument("--repo-url", default="", metavar="URL", help="URL agents fetch spores from")
+    p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="limit on one dependency build step (pip, npm, a build command; default 600)",
+    )
 
 
 def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
@@ -147,6 +154,8 @@ def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
     from reconciler.reconcile.service import MemberConfig, identity_gossip_key
 
     parse_addr(args.repo_listen, what="--repo-listen", error=UsageError)
+    if args.build_timeout <= 0:
+        raise UsageError(f"{verb}: --build-timeout must be positive")
     state = absolute_state_dir(args.state)
     if args.gossip_key is None:  # the identity's keyring, as the service would find it
         args.gossip_key = identity_gossip_key(state)
@@ -166,6 +175,7 @@ def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
         repo=args.repo,
         listen=args.repo_listen,
         public_url=args.repo_url,
+        build_timeout_s=args.build_timeout,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from reconciler.home import state_dir
 from reconciler.model import AppSpec
 from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import BuiltSpore, build_spore
+from reconciler.spore.deps import BuildSettings, build_app_spore
 from reconciler.spore.extract import extract_spore
 from reconciler.spore.keys import fingerprint, generate_keypair, load_public_key
 from reconciler.spore.seed import dna_from_seed_json
@@ -63,6 +65,19 @@ def register(
     p.add_argument("--key", required=True, metavar="KEY", help="private key (PEM) to sign with")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the spore")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--state",
+        metavar="DIR",
+        help="state directory holding the build cache (<state>/build-cache; default: "
+        "$MYCO_HOME or ./.myco)",
+    )
+    p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=BuildSettings.timeout_s,
+        metavar="SECONDS",
+        help="bound on each installer or build command run (default: %(default)g)",
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(
@@ -193,7 +208,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     elif args.app_file:
         repo_root = Path(args.repo_root) if args.repo_root else None
         app = load_app(Path(args.app_file), args.app, repo_root)
-        built = build_spore(app.dna, Path(args.key), Path(args.out))
+        if args.build_timeout <= 0:
+            raise UsageError("--build-timeout must be greater than 0")
+        started = time.monotonic()
+
+        def progress(text: str) -> None:
+            print(f"[{time.monotonic() - started:5.1f}s] {text}", file=sys.stderr, flush=True)
+
+        built = build_app_spore(
+            app.dna,
+            Path(args.key),
+            Path(args.out),
+            state_dir(args.state) / "build-cache",
+            BuildSettings(timeout_s=args.build_timeout),
+            progress,
+        )
     else:
         raise UsageError("give MANIFEST.yaml, or --manifest M.json --binary PATH")
     _render_built(built, args.json)
@@ -203,12 +232,20 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _render_built(built: BuiltSpore, as_json: bool) -> None:
     m = built.manifest
     if as_json:
-        _print_json(
-            {"path": str(built.path), "digest": built.digest, "name": m.name, "version": m.version}
-        )
+        out: dict[str, Any] = {
+            "path": str(built.path),
+            "digest": built.digest,
+            "name": m.name,
+            "version": m.version,
+        }
+        if m.build is not None:
+            out["platform"] = m.build.platform
+        _print_json(out)
         return
     print(f"spore:  {built.path}")
     print(f"digest: {built.digest}")
+    if m.build is not None:
+        print(f"build:  {m.build.kind}, platform {m.build.platform}")
 
 
 # -- verify / extract ------------------------------------------------------------------
@@ -305,6 +342,10 @@ def _step(n: int, text: str, command: str) -> None:
     print(f"\n[{n}] {text}\n    $ {command}")
 
 
+def _indented(text: str) -> None:
+    print(f"    {text}", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     state = state_dir(args.state)
     garden = Path(args.garden)
@@ -345,7 +386,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"myco build FILE --key {key} --out {out}",
     )
     for app in apps:
-        b = build_spore(app.dna, key, out)
+        b = build_app_spore(app.dna, key, out, state / "build-cache", progress=_indented)
         built.append(b)
         print(f"    {app.name} {app.dna.version}: {b.path} ({b.path.stat().st_size} bytes)")
 

@@ -58,10 +58,15 @@ class PlanConfig:
 
 @dataclass(frozen=True)
 class DesiredApp:
-    """One valid app of the garden and the digest of its spore ("" while not built yet)."""
+    """One valid app of the garden and the digest of its spore ("" while not built yet).
+
+    ``platform`` is the one its spore was built for (its manifest's ``build.platform``):
+    placed only on nodes whose record lists it; "" or ``"any"`` runs on every node.
+    """
 
     spec: AppSpec
     digest: str = ""
+    platform: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,10 @@ class RolloutState:
     revision: str = ""  # garden revision of the spec being served or rolled out
     next_seq: int = 0  # instance ids are <app>-<digest8>-<seq>, seq never reused
     retiring: tuple[tuple[str, float], ...] = ()  # (instance id, wither at)
+    platform: str = ""  # the platform the stable spore was built for ("" or "any": every node)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "stable": self.stable,
             "target": self.target,
             "phase": self.phase,
@@ -106,6 +112,9 @@ class RolloutState:
             "next_seq": self.next_seq,
             "retiring": [[iid, until] for iid, until in self.retiring],
         }
+        if self.platform:  # only when set: states of apps without builds stay as they were
+            out["platform"] = self.platform
+        return out
 
     @classmethod
     def from_json(cls, data: object) -> RolloutState:
@@ -125,6 +134,7 @@ class RolloutState:
                 revision=str(data.get("revision", "")),
                 next_seq=int(data.get("next_seq", 0)),
                 retiring=retiring,
+                platform=str(data.get("platform", "")),
             )
         except (TypeError, ValueError) as exc:
             raise PlanError(f"rollout state: {exc}") from exc

@@ -61,6 +61,7 @@ class _Env:
     drain: frozenset[str]
     suspended: frozenset[str]
     capacity: tuple[tuple[str, Nutrients], ...]
+    platforms: tuple[tuple[str, tuple[str, ...]], ...]  # what each live node runs
 
 
 @dataclass
@@ -245,6 +246,7 @@ class Planner:
             drain=desired.drain,
             suspended=desired.suspended,
             capacity=tuple(sorted(capacity.items())),
+            platforms=tuple(sorted((n, actual.nodes[n].platforms) for n in alive)),
         )
         full = full or env != self._env or desired.fetch_urls != self._fetch_urls
         self._env = env
@@ -262,7 +264,7 @@ class Planner:
         for gone in [a for a in self._memo if a not in universe]:
             del self._memo[gone]
 
-        ledger = Ledger(free, eligible)
+        ledger = Ledger(free, eligible, dict(env.platforms))
         assembly = _Assembly()
         routes: dict[str, RouteRecord | None] = {}
         rollouts: dict[str, RolloutState | None] = {}
@@ -363,6 +365,7 @@ class Planner:
             invalid=invalid,
             suspended=suspended,
             lost=lost,
+            platform=app.platform if app else "",
         )
 
     def _healthy(self, name: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from reconciler.core.ledger import Ledger
+from reconciler.core.ledger import ANY, Ledger
 from reconciler.core.model import (
     CANARY,
     DEGRADED,
@@ -60,6 +60,7 @@ class AppInput:
     invalid: bool = False
     suspended: bool = False
     lost: int = 0  # placements that were on nodes gone from the fabric
+    platform: str = ""  # the platform the spore ``digest`` was built for ("" or "any": all)
 
 
 @dataclass
@@ -87,6 +88,22 @@ class _Work:
     wakes: list[float] = field(default_factory=list)
     pending: int = 0
     removed_any: bool = False
+    unmatched: str = ""  # a platform no eligible node runs (why instances are pending)
+
+    # -- platforms --------------------------------------------------------------------
+
+    def platform_of(self, digest: str) -> str:
+        """The platform ``digest`` was built for: the desired one's, the stable one's, or
+        "" (unknown: any node) for another."""
+        if digest == self.inp.digest:
+            return self.inp.platform
+        if digest == self.inp.state.stable:
+            return self.inp.state.platform
+        return ""
+
+    def homes(self, digest: str) -> frozenset[str]:
+        """The eligible nodes that run ``digest``'s platform."""
+        return self.ledger.eligible_for(self.platform_of(digest))
 
     # -- instance helpers -------------------------------------------------------------
 
@@ -145,9 +162,12 @@ class _Work:
         The new instances spread among themselves first (a rollout's new set never piles
         onto the node its old set left free), then among all of the app's instances.
         """
+        platform = self.platform_of(tmpl.digest)
         nodes = self.ledger.place(
-            tmpl.nutrients, count, self.spread(), same=self.spread(tmpl.digest)
+            tmpl.nutrients, count, self.spread(), same=self.spread(tmpl.digest), platform=platform
         )
+        if len(nodes) < count and platform not in ("", ANY) and not self.homes(tmpl.digest):
+            self.unmatched = platform
         short = tmpl.digest.split(":")[-1][:8]
         for node in nodes:
             iid = f"{self.inp.name}-{short}-{self.next_seq}"
@@ -156,14 +176,18 @@ class _Work:
         return count - len(nodes)
 
     def ensure(self, digest: str, n: int, tmpl: IntentInstance | None) -> list[str]:
-        """Keep ``n`` instances of ``digest`` on eligible nodes; returns them."""
+        """Keep ``n`` instances of ``digest`` on eligible nodes; returns them.
+
+        A node that does not run the digest's platform (any more) counts as ineligible.
+        """
+        homes = self.homes(digest)
         mine = self.active(digest)
-        home = [i for i in mine if self.placed[i].node in self.ledger.eligible]
-        away = [i for i in mine if self.placed[i].node not in self.ledger.eligible]
+        home = [i for i in mine if self.placed[i].node in homes]
+        away = [i for i in mine if self.placed[i].node not in homes]
         if len(home) < n and tmpl is not None:
             self.pending += self.add(tmpl, n - len(home))
             mine = self.active(digest)
-            home = [i for i in mine if self.placed[i].node in self.ledger.eligible]
+            home = [i for i in mine if self.placed[i].node in homes]
         elif len(home) > n:
             for iid in self.choose_victims(home, len(home) - n):
                 self.retire(iid)
@@ -318,7 +342,7 @@ def _synced(w: _Work, digest: str, n: int, state: RolloutState) -> bool:
         state.stable == digest
         and len(active) == n
         and all(w.placed[i].inst.digest == digest for i in active)
-        and all(w.placed[i].node in w.ledger.eligible for i in active)
+        and all(w.placed[i].node in w.homes(digest) for i in active)
         and not w.retiring
     )
 
@@ -354,7 +378,17 @@ def _active(w: _Work, spec: AppSpec) -> AppOutcome:
             )
             return _finish(w, st, {}, status)
         if st.stable != d:
-            st = replace(st, stable=d, target="", phase=IDLE, since=now, revision=inp.revision)
+            st = replace(
+                st,
+                stable=d,
+                target="",
+                phase=IDLE,
+                since=now,
+                revision=inp.revision,
+                platform=inp.platform,
+            )
+    if st.stable == d and st.platform != inp.platform:
+        st = replace(st, platform=inp.platform)  # a state from before platforms were kept
 
     if d != st.stable and d == st.failed:
         # A reverted target: keep serving the stable set until the garden changes it.
@@ -433,7 +467,10 @@ def _switch(
     w: _Work, st: RolloutState, n: int, tmpl: IntentInstance
 ) -> tuple[RolloutState, dict[str, int]]:
     """Route to the target set only; the old set drains, then withers."""
-    st = replace(st, stable=st.target, target="", phase=IDLE, since=w.now, step=0)
+    platform = w.platform_of(st.target)
+    st = replace(
+        st, stable=st.target, target="", phase=IDLE, since=w.now, step=0, platform=platform
+    )
     return st, _steady(w, st, n, tmpl)
 
 
@@ -541,6 +578,8 @@ def _status(w: _Work, st: RolloutState, n: int, reason: str) -> Status:
     if w.pending:
         nut = inp.spec.dna.nutrients if inp.spec else None
         need = f" (needs cpu_milli={nut.cpu_milli}, memory_mb={nut.memory_mb})" if nut else ""
+        if w.unmatched:
+            reason = reason or f"Pending: no node matches platform {w.unmatched}"
         reason = reason or f"Pending: {w.pending} instance(s) fit on no node{need}"
     if failed and not reason:
         rec = inp.instances.get(failed[0])

@@ -19,10 +19,14 @@ from reconciler.model import AppSpec, Deployment, Dna, Rollout
 from reconciler.records import InstanceRecord, NodeRecord, Nutrients
 
 
-def make_nodes(count: int, cpu_milli: int = 4000, memory_mb: int = 8192) -> dict[str, NodeRecord]:
+def make_nodes(
+    count: int, cpu_milli: int = 4000, memory_mb: int = 8192, platforms: tuple[str, ...] = ()
+) -> dict[str, NodeRecord]:
     cap = Nutrients(cpu_milli, memory_mb)
     return {
-        f"node-{i:03d}": NodeRecord(node_id=f"node-{i:03d}", capacity=cap, free=cap)
+        f"node-{i:03d}": NodeRecord(
+            node_id=f"node-{i:03d}", capacity=cap, free=cap, platforms=platforms
+        )
         for i in range(count)
     }
 
@@ -36,6 +40,7 @@ def make_app(
     nutrients: Nutrients | None = None,
     depends_on: tuple[str, ...] = (),
     suspend: bool = False,
+    platform: str = "",
 ) -> DesiredApp:
     dna = Dna(
         name=name,
@@ -55,7 +60,9 @@ def make_app(
         ),
     )
     return DesiredApp(
-        spec=spec, digest=f"{name}{version}".ljust(16, "0") if digest is None else digest
+        spec=spec,
+        digest=f"{name}{version}".ljust(16, "0") if digest is None else digest,
+        platform=platform,
     )
 
 

@@ -9,6 +9,7 @@ aiohttp's front end and relays messages both ways after the handshake.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -26,10 +27,13 @@ from reconciler.edge.seam import (
     UpstreamRequest,
     UpstreamTimeoutError,
 )
+from reconciler.edge.tunnel import IdleWatch
 
 _CHUNK = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 _WS_MAX_MESSAGE = 16 * 1024 * 1024
+
+log = logging.getLogger("myco.edge")
 
 
 def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
@@ -89,16 +93,19 @@ class AiohttpUpstream:
         except aiohttp.ClientError as exc:
             # Connected, then the exchange broke (backend died, reset, bad response).
             raise UpstreamBrokenError(f"exchange with {backend.endpoint} broke: {exc}") from exc
-        return AiohttpResponse(self.config, resp, request.rid)
+        return AiohttpResponse(self.config, resp, request.rid, request.app)
 
 
 class AiohttpResponse:
     """A ``ClientResponse`` whose head arrived; :meth:`close` gives its connection back."""
 
-    def __init__(self, config: EdgeConfig, response: aiohttp.ClientResponse, rid: str) -> None:
+    def __init__(
+        self, config: EdgeConfig, response: aiohttp.ClientResponse, rid: str, app: str = ""
+    ) -> None:
         self.config = config
         self.response = response
         self.rid = rid
+        self.app = app
         self.status = response.status
 
     async def relay(self, down: Downstream) -> None:
@@ -107,7 +114,15 @@ class AiohttpResponse:
         length = upstream.content_length
         no_body = down.method == "HEAD" or upstream.status in _NO_BODY_STATUS
         if not no_body and length is not None and length <= self.config.small_body_bytes:
-            data = await upstream.read()
+            try:
+                data = await upstream.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # nothing was sent to the client yet: answer for the backend that failed
+                timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+                status = 504 if timed_out else 502
+                what = "backend timed out" if timed_out else "backend failed"
+                await json_error(status, what, app=self.app).send(down)
+                return
             await down.respond(upstream.status, upstream.reason, headers, data)
             return
         await down.start(upstream.status, upstream.reason, headers)
@@ -145,7 +160,7 @@ class WebSocketUpstream:
             raise UpstreamConnectError(f"cannot connect to {backend.endpoint}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamBrokenError(f"websocket to {backend.endpoint} failed: {exc}") from exc
-        return WebSocketResponse(up)
+        return WebSocketResponse(up, self.config.client.tunnel_idle_s)
 
 
 class RefusedHandshake:
@@ -167,8 +182,9 @@ class WebSocketResponse:
 
     status = 101
 
-    def __init__(self, up: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, up: aiohttp.ClientWebSocketResponse, idle_s: float = 0.0) -> None:
         self.up = up
+        self.idle_s = idle_s  # no message either way for this long closes both ends
 
     async def relay(self, down: Downstream) -> None:
         assert isinstance(down, AiohttpDownstream)
@@ -179,12 +195,18 @@ class WebSocketResponse:
             max_msg_size=_WS_MAX_MESSAGE,
         )
         down.response = client
+        watch = IdleWatch(self.idle_s)
         try:
             await client.prepare(down.request)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pump(up, client))
-                tg.create_task(_pump(client, up))
+            async with asyncio.timeout(None) as deadline:
+                watch.start(deadline)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(_pump(up, client, watch))
+                    tg.create_task(_pump(client, up, watch))
+        except* TimeoutError:
+            log.debug("websocket idle for %.0fs: closed", self.idle_s)
         finally:
+            watch.stop()
             await up.close()
             await client.close()
 
@@ -195,11 +217,13 @@ class WebSocketResponse:
 async def _pump(
     src: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
     dst: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
+    watch: IdleWatch,
 ) -> None:
     """Copy messages from ``src`` to ``dst`` until ``src`` closes; then close ``dst``."""
     code: int = aiohttp.WSCloseCode.OK
     while True:
         msg = await src.receive()
+        watch.touch()
         if msg.type is WSMsgType.TEXT:
             await dst.send_str(msg.data)
         elif msg.type is WSMsgType.BINARY:

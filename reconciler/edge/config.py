@@ -61,6 +61,26 @@ class PoolLimits:
     keepalive_s: float = 4.0
 
 
+@dataclass(frozen=True)
+class ClientLimits:
+    """What the client-facing servers allow a client (nginx's names and defaults).
+
+    ``header_s`` is for a whole request head (nginx's ``client_header_timeout``; a fresh
+    connection must send its first head within it too), ``body_s`` between two reads of
+    a request body (``client_body_timeout``), ``keepalive_s`` for an idle keep-alive
+    connection (``keepalive_timeout``), ``tunnel_idle_s`` for an upgraded connection
+    with no byte either way (0: none). ``max_connections`` open client connections per
+    worker: at the cap the server stops accepting (the kernel's backlog holds the rest)
+    and accepts again below it.
+    """
+
+    header_s: float = 60.0
+    body_s: float = 60.0
+    keepalive_s: float = 75.0
+    tunnel_idle_s: float = 300.0
+    max_connections: int = 1024
+
+
 ServerKind = Literal["fast", "aiohttp"]
 SERVER_KINDS: tuple[ServerKind, ...] = ("fast", "aiohttp")
 
@@ -73,6 +93,7 @@ class EdgeConfig:
     ejection: EjectionPolicy = field(default_factory=EjectionPolicy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     pool: PoolLimits = field(default_factory=PoolLimits)
+    client: ClientLimits = field(default_factory=ClientLimits)
     stats_interval_s: float = 10.0
     shutdown_grace_s: float = 10.0
     #: bodies at most this large (known Content-Length) are read whole, not streamed
@@ -97,3 +118,10 @@ class EdgeConfig:
             raise ConfigError("edge: ejection thresholds must be at least 1")
         if self.pool.limit < 1 or self.pool.limit_per_backend < 1 or self.pool.keepalive_s <= 0:
             raise ConfigError("edge: pool limits must be positive")
+        c = self.client
+        if c.header_s <= 0 or c.body_s <= 0 or c.keepalive_s <= 0 or c.tunnel_idle_s < 0:
+            raise ConfigError(
+                "edge: client timeouts must be positive (the tunnel idle timeout may be 0: none)"
+            )
+        if c.max_connections < 1:
+            raise ConfigError("edge: max connections must be at least 1")

@@ -6,7 +6,8 @@ the way uvicorn's ``httptools`` protocol is, parses requests with llhttp (via ht
 and hands each one to :meth:`EdgeProxy.serve` as a :class:`_Request` (a
 :class:`~.downstream.Downstream`). What it handles:
 
-- keep-alive (idle connections closed after ``keepalive_s``) and pipelining: requests
+- keep-alive (idle connections closed after ``ClientLimits.keepalive_s``) and
+  pipelining: requests
   parsed while one is being answered wait in order, and reading pauses meanwhile;
 - request bodies (``Content-Length`` or chunked, decoded by llhttp) streamed to the core
   with flow control: reading pauses above ``_HIGH_WATER`` bytes buffered;
@@ -20,6 +21,12 @@ and hands each one to :meth:`EdgeProxy.serve` as a :class:`_Request` (a
 - upgrades: after a ``101`` the connection becomes a raw byte tunnel (:meth:`switch`);
 - limits: a head larger than ``max_head_bytes`` or with more than ``max_headers`` fields
   is answered ``431``; a malformed request ``400``; both close the connection;
+- slow clients (:class:`~.config.ClientLimits`): a head not complete within
+  ``header_s`` is answered ``408`` and the connection closed (a fresh connection that
+  sent nothing is just closed), a body with no byte for ``body_s`` closes the
+  connection; one sweep per server checks every connection's deadlines (nginx's timer
+  tree, coarse), so the request path sets no timer; at ``max_connections`` open
+  connections the server stops accepting (:class:`~.listener.Listener`);
 - graceful shutdown (:meth:`FastServer.shutdown`): stop listening, close idle
   connections, let requests in flight finish (their answer says ``Connection: close``)
   up to a grace time, then abort what is left.
@@ -38,8 +45,11 @@ from typing import cast
 import httptools  # type: ignore[import-not-found,unused-ignore]  # see docs/edge.md
 from multidict import CIMultiDict
 
+from reconciler.edge.config import ClientLimits
 from reconciler.edge.downstream import Headers, TunnelEnd, json_error
+from reconciler.edge.listener import Listener, Slot
 from reconciler.edge.proxy import EdgeProxy
+from reconciler.edge.upstream import WriteBatch
 
 log = logging.getLogger("myco.edge")
 
@@ -57,7 +67,6 @@ class ServerLimits:
 
     max_head_bytes: int = 32 * 1024  # request line and header fields together
     max_headers: int = 100
-    keepalive_s: float = 75.0
 
 
 class _HeadTooLargeError(Exception):
@@ -186,16 +195,48 @@ class _Request:
         return "".join(parts).encode("latin-1", "replace")
 
     async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        self.respond_now(status, reason, headers, body, hold=False)
+        await self.conn.drain()
+
+    def respond_now(
+        self, status: int, reason: str | None, headers: Headers, body: bytes, hold: bool = True
+    ) -> bool:
+        """:meth:`respond` without the wait; False when writes must wait (the inline path).
+
+        ``hold``: when the connection stays open and idle after this answer, the write
+        joins the server's :class:`WriteBatch` (flushed once the loop has handled its
+        current batch of events: one wake-up of the client for many answers).
+        """
         extra = "" if status in _NO_BODY_STATUS else f"Content-Length: {len(body)}\r\n"
         self._check_open()
         head = self._head(status, reason, headers, extra, skip_length=True)
         self.started = True
-        if self.method == "HEAD" or status in _NO_BODY_STATUS:
-            self.conn.write(head)
+        data = head if self.method == "HEAD" or status in _NO_BODY_STATUS else head + body
+        conn = self.conn
+        transport = conn.transport
+        if (
+            hold
+            and self.keep_alive
+            and transport is not None
+            and not conn.queue
+            and conn._pending_error is None
+        ):
+            conn.server.batch.write(transport, data)
         else:
-            self.conn.write(head + body)
+            conn.write(data)
         self.done = True
-        await self.conn.drain()
+        return not conn.write_paused
+
+    @property
+    def gone(self) -> bool:
+        return self.conn.lost or self.broken
+
+    def finish_inline(self, rest: collections.abc.Coroutine[object, object, object] | None) -> None:
+        """:meth:`EdgeProxy.serve_inline` is done with it: finish, or run ``rest``."""
+        if rest is None:
+            self.conn._finished(self)
+        else:
+            self.conn.server.spawn(self.conn._run(self, rest))
 
     async def start(self, status: int, reason: str | None, headers: Headers) -> None:
         extra = ""
@@ -301,8 +342,9 @@ class _Tunnel:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse, queue, hand requests to the proxy one at a time."""
 
-    def __init__(self, server: FastServer) -> None:
+    def __init__(self, server: FastServer, slot: Slot | None = None) -> None:
         self.server = server
+        self.slot = slot
         self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -325,9 +367,13 @@ class HttpConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        # deadlines, checked by FastServer's sweep (see check())
+        self._fresh = True  # no request begun yet: the first head is due from the connect
+        self._head_start = 0.0  # 0: a head began, the sweep stamps the time it saw it
         self._idle_since = 0.0
-        self._busy = False  # a request is being parsed or answered
+        self._got = False  # bytes arrived since the last sweep
+        self._last_rx = 0.0
         self._loop = asyncio.get_running_loop()
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -340,13 +386,15 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.server.connections.add(self)
-        self._arm_idle()
+        self._head_start = self._idle_since = self._last_rx = self._loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        if self.slot is not None:
+            self.slot.release()
+        if self._linger is not None:
+            self._linger.cancel()
         for req in (self.active, self.parsing):
             if req is not None:
                 req.wake()
@@ -366,6 +414,7 @@ class HttpConnection(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        self._got = True
         if self._discarding:
             return
         if self.tunnel is not None:
@@ -418,7 +467,10 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = True
         self._head_size = 0
         self._head_raw = 0
-        self._busy = True
+        if self._fresh:
+            self._fresh = False  # the first head's time runs from the connect
+        else:
+            self._head_start = 0.0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -485,11 +537,14 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, req: _Request) -> None:
         self.active = req
-        self.server.spawn(self._run(req))
+        if not self.server.proxy.serve_inline(req):  # the hot path: no task (proxy.py)
+            self.server.spawn(self._run(req, self.server.proxy.serve(req)))
 
-    async def _run(self, req: _Request) -> None:
+    async def _run(
+        self, req: _Request, serving: collections.abc.Coroutine[object, object, object]
+    ) -> None:
         try:
-            await self.server.proxy.serve(req)
+            await serving
         except ConnectionResetError:
             pass  # counted as 499 by the core
         except Exception as exc:
@@ -523,7 +578,6 @@ class HttpConnection(asyncio.Protocol):
         if self.queue:
             self._start(self.queue.popleft())
         else:
-            self._busy = False
             self._idle_since = self._loop.time()
         self.update_reading()
 
@@ -567,9 +621,7 @@ class HttpConnection(asyncio.Protocol):
         self._discarding = True
         self._pending_error = None
         self._resume_reading()
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+        self._linger = self._loop.call_later(_LINGER_S, transport.close)
 
     # -- flow control -----------------------------------------------------------------
 
@@ -627,20 +679,35 @@ class HttpConnection(asyncio.Protocol):
 
     # -- idle and shutdown ------------------------------------------------------------
 
-    def _arm_idle(self) -> None:
-        """One timer per connection, re-armed lazily (not one per request)."""
-        self._idle_since = self._loop.time()
-        self._idle = self._loop.call_later(self.limits.keepalive_s, self._idle_timeout)
-
-    def _idle_timeout(self) -> None:
-        idle_for = self._loop.time() - self._idle_since
-        if self._busy or idle_for < self.limits.keepalive_s:
-            wait = self.limits.keepalive_s - (0.0 if self._busy else idle_for)
-            self._idle = self._loop.call_later(wait, self._idle_timeout)
+    def check(self, now: float, limits: ClientLimits) -> None:
+        """The sweep's visit: close a connection past its head, body or keep-alive time."""
+        transport = self.transport
+        if self.lost or self._discarding or self.tunnel is not None or transport is None:
+            return  # a tunnel watches its own idle time (tunnel.py); lingering closes itself
+        if self._got:
+            self._got = False
+            self._last_rx = now
+        if self._in_head or self._fresh:
+            if self.active is not None or self._head_start == 0.0:
+                self._head_start = now  # a head behind an answer in flight waits for it
+            elif now - self._head_start >= limits.header_s:
+                if self._fresh:  # not a byte: nothing to answer (nginx just closes too)
+                    transport.close()
+                else:
+                    log.debug("edge: request head not complete in %.0fs: 408", limits.header_s)
+                    self._fail(408, "request timeout: the request head took too long")
             return
-        self._idle = None
-        if self.transport is not None:
-            self.transport.close()
+        if self.active is None and not self.queue:
+            if now - self._idle_since >= limits.keepalive_s:
+                transport.close()
+            return
+        req = self.parsing
+        if req is not None and req.has_body and not req.complete and not req.broken:
+            if self._read_paused:
+                self._last_rx = now  # the edge holds the body back, not the client
+            elif now - self._last_rx >= limits.body_s:
+                log.debug("edge: no request body byte in %.0fs: closing", limits.body_s)
+                transport.abort()
 
     def shutdown(self) -> None:
         """Close now if idle; else close after the answer in flight."""
@@ -652,12 +719,23 @@ class HttpConnection(asyncio.Protocol):
 class FastServer:
     """The listening side: the connections, and the request tasks it owns and awaits."""
 
-    def __init__(self, proxy: EdgeProxy, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        proxy: EdgeProxy,
+        limits: ServerLimits | None = None,
+        client: ClientLimits | None = None,
+    ) -> None:
         self.proxy = proxy
+        self.batch = WriteBatch()  # small answers written together (see respond_now)
         self.limits = limits or ServerLimits()
+        self.client = client or ClientLimits()
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self.listener: Listener | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        c = self.client
+        #: how often deadlines are checked: a quarter of the shortest, at most 1 s
+        self.sweep_s = max(0.05, min(1.0, min(c.header_s, c.body_s, c.keepalive_s) / 4))
 
     def spawn(self, coro: collections.abc.Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -665,20 +743,37 @@ class FastServer:
         task.add_done_callback(self.tasks.discard)
 
     async def start(self, sock: socket.socket) -> None:
+        """Serve ``sock`` (the server closes it when it stops)."""
+        self.listener = Listener(
+            sock, lambda slot: HttpConnection(self, slot), self.client.max_connections
+        )
+        self.listener.start()
+        self._sweeper = asyncio.get_running_loop().call_later(self.sweep_s, self._sweep)
+
+    def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: HttpConnection(self), sock=sock)
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.check(now, self.client)
+        self._sweeper = loop.call_later(self.sweep_s, self._sweep)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, let requests in flight finish within ``grace_s``, close all."""
-        if self._server is not None:
-            self._server.close()
+        if self.listener is not None:
+            await self.listener.stop()
+        self.batch.flush()  # answers held for the loop's turn go out before idle ones close
         for conn in list(self.connections):
             conn.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         # a pipelined request may start while another ends: wait until none is left
-        while self.tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self.tasks), timeout=left)
+        while (left := deadline - loop.time()) > 0:
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=left)
+            elif any(c.active is not None for c in self.connections):
+                await asyncio.sleep(min(left, 0.01))  # answered inline: no task to wait on
+            else:
+                break
         if self.tasks:
             pending = set(self.tasks)
             log.warning("edge: %d request(s) in flight after the grace time", len(pending))
@@ -688,5 +783,5 @@ class FastServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -47,11 +48,18 @@ def _connection_tokens(headers: Headers) -> set[str]:
     return tokens
 
 
+#: Request ids need to be unique, not secret: a generator seeded once from the OS (in
+#: each process: ``os.register_at_fork`` reseeds a forked child) rather than
+#: ``os.urandom`` per request, a ``getrandom`` system call on the hot path.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming id (1-128 safe characters), else make a fresh one."""
     if incoming is not None and _REQUEST_ID.fullmatch(incoming):
         return incoming
-    return os.urandom(16).hex()  # as unique as a uuid4, at a third of the cost
+    return f"{_ids.getrandbits(128):032x}"  # 128 random bits, as a uuid4
 
 
 def upstream_request_headers(
@@ -123,6 +131,15 @@ def downstream_from_raw(raw: list[tuple[bytes, bytes]], *, rid: str) -> CIMultiD
     if not has_rid:
         out[REQUEST_ID_HEADER] = rid
     return out
+
+
+def request_head(method: str, target: str, hostport: str, headers: Headers) -> bytes:
+    """An HTTP/1.1 request head: the request line, ``Host: hostport``, then ``headers``."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {hostport}\r\n"]
+    for name, value in headers.items():
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def is_websocket_upgrade(headers: Headers) -> bool:

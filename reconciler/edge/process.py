@@ -63,6 +63,10 @@ class EdgeRunSpec:
     verbosity: int = 0
     log_format: str = "text"
     metrics_listen: str = ""  # "host:port" for /metrics (and /ui with a fabric); "" for none
+    #: who moves the bytes: this process ("python") or a local HAProxy it programs
+    #: (``reconciler.edge.haproxy``; then ``workers`` is HAProxy's thread count)
+    data_plane: Literal["python", "haproxy"] = "python"
+    state_dir: str = ""  # the HAProxy data plane's config and socket; "": a temp dir
 
 
 def loop_factory(name: LoopName) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -85,7 +89,7 @@ def run(spec: EdgeRunSpec) -> int:
         # A daemon: its start-up line, route changes and the per-app stats lines every
         # interval are shown without -v (per-request details stay at debug level).
         logging.getLogger("myco.edge").setLevel(logging.INFO)
-    if spec.workers > 1 and spec.worker_index < 0:
+    if spec.workers > 1 and spec.worker_index < 0 and spec.data_plane == "python":
         return _supervise(spec)
     name = "edge" if spec.worker_index < 0 else f"edge worker {spec.worker_index}"
 
@@ -102,6 +106,11 @@ def run(spec: EdgeRunSpec) -> int:
 async def serve(spec: EdgeRunSpec, service: Service, *, source: RouteSource | None = None) -> None:
     """One edge worker until cancelled; routes from ``source``, else the fabric or the
     static routes of ``spec``."""
+    if spec.data_plane == "haproxy":
+        from reconciler.edge.haproxy import serve_haproxy
+
+        await serve_haproxy(spec, service, source=source)
+        return
     cfg = spec.config
     sock = listen_socket(cfg.host, cfg.port, reuse_port=spec.worker_index >= 0)
     try:

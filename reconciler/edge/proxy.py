@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from reconciler.edge.config import EdgeConfig
-from reconciler.edge.downstream import Answer, Downstream, Upgradable, json_error
+from reconciler.edge.downstream import Answer, Downstream, Headers, Upgradable, json_error
 from reconciler.edge.headers import (
     Rfc3339Clock,
     is_websocket_upgrade,
@@ -30,16 +31,42 @@ from reconciler.edge.headers import (
 )
 from reconciler.edge.routing import AppRoute, BackendState, Outcome, RouteTable, should_retry
 from reconciler.edge.seam import (
+    Exchange,
+    InlineUpstream,
     RequestBody,
     Upstream,
     UpstreamBrokenError,
     UpstreamConnectError,
     UpstreamRequest,
+    UpstreamResponse,
     UpstreamTimeoutError,
 )
 from reconciler.edge.stats import EdgeStats
 
 log = logging.getLogger("myco.edge")
+
+_NOTHING: frozenset[str] = frozenset()
+#: A first attempt already under way: its backend and how it ends (see ``forward``).
+FirstAttempt = tuple[BackendState, Awaitable[UpstreamResponse]]
+
+
+class InlineDownstream(Downstream, Protocol):
+    """A front end whose requests :meth:`EdgeProxy.serve_inline` can answer from callbacks."""
+
+    @property
+    def gone(self) -> bool:
+        """The client went away (or its request broke): nothing can be sent any more."""
+        ...
+
+    def respond_now(self, status: int, reason: str | None, headers: Headers, body: bytes) -> bool:
+        """:meth:`Downstream.respond` without waiting; False when the client's buffer is
+        full (then the front end waits for it to drain before the next request)."""
+        ...
+
+    def finish_inline(self, rest: Coroutine[Any, Any, object] | None) -> None:
+        """The inline part is over: ``rest`` (if any) is the coroutine that carries the
+        request on (the front end runs it as it runs :meth:`EdgeProxy.serve`)."""
+        ...
 
 
 class EdgeProxy:
@@ -61,6 +88,9 @@ class EdgeProxy:
         self.clock = clock
         self._wall = Rfc3339Clock()
         self.in_flight = 0
+        #: the inline path's start, when the upstream has one (``EdgeUpstream``; not fakes)
+        self._begin = cast(InlineUpstream, upstream).begin if hasattr(upstream, "begin") else None
+        self._retry_on = config.retry.retry_on_status
 
     async def serve(self, down: Downstream) -> int:
         """Proxy one request; the status answered (499: the client went away)."""
@@ -70,9 +100,20 @@ class EdgeProxy:
             return await json_error(404, "unknown app", path=down.raw_path).send(down)
         route, rest = match
         self.in_flight += 1
+        return await self._carry(down, route, self._request(down, route.app, rest), started)
+
+    async def _carry(
+        self,
+        down: Downstream,
+        route: AppRoute,
+        request: UpstreamRequest,
+        started: float,
+        first: FirstAttempt | None = None,
+    ) -> int:
+        """``forward`` with the accounting (in flight, stats, 499) of one client request."""
         status = 500
         try:
-            status = await self.forward(down, route, self._request(down, route.app, rest))
+            status = await self.forward(down, route, request, first)
             return status
         except ConnectionResetError:
             status = 499  # the client went away (nginx's code for it), not a server error
@@ -80,6 +121,44 @@ class EdgeProxy:
         finally:
             self.in_flight -= 1
             self.stats.record(route.app, status, self.clock() - started)
+
+    def serve_inline(self, down: InlineDownstream) -> bool:
+        """Start proxying ``down`` from the front end's callback, without a coroutine.
+
+        The hot path (a ``GET`` without a body, a pooled connection to the backend, a small
+        answer that arrives whole) then runs as two callbacks: this one writes the request
+        head, :meth:`_Inline.answered` writes the answer. Whatever else happens (no pooled
+        connection, a failure, a retry, a streamed answer) is handed over to the one retry
+        loop, :meth:`forward`, with the attempt already made as its first, through
+        ``down.finish_inline(coroutine)``. False: nothing was done, call :meth:`serve`.
+        """
+        begin = self._begin
+        if begin is None or down.has_body or down.method != "GET":
+            return False
+        started = self.clock()
+        match = self.table.match(down.raw_path)
+        if match is None:
+            return False
+        route, rest = match
+        request = self._request(down, route.app, rest)
+        self.in_flight += 1
+        if request.carry != "http":
+            down.finish_inline(self._carry(down, route, request, started))
+            return True
+        backend = route.pick(started, _NOTHING)
+        if backend is None:
+            down.finish_inline(self._carry(down, route, request, started))
+            return True
+        inline = _Inline(self, down, route, request, backend, started)
+        try:
+            exchange = begin(backend, request, inline.answered)
+        except Exception as exc:  # not expected: let the coroutine path answer it
+            down.finish_inline(self._carry(down, route, request, started, (backend, _raise(exc))))
+            return True
+        if exchange is None:
+            send = self.upstream.send(backend, request)
+            down.finish_inline(self._carry(down, route, request, started, (backend, send)))
+        return True
 
     def _request(self, down: Downstream, app: str, rest: str) -> UpstreamRequest:
         """The request every attempt sends: forwarding headers, target, body, carry."""
@@ -110,21 +189,38 @@ class EdgeProxy:
             protocols=websocket_protocols(headers),
         )  # fmt: skip
 
-    async def forward(self, down: Downstream, route: AppRoute, request: UpstreamRequest) -> int:
-        """The one retry loop: pick, send, record the outcome, retry or relay the answer."""
+    async def forward(
+        self,
+        down: Downstream,
+        route: AppRoute,
+        request: UpstreamRequest,
+        first: FirstAttempt | None = None,
+    ) -> int:
+        """The one retry loop: pick, send, record the outcome, retry or relay the answer.
+
+        ``first``: an attempt already started (by :meth:`serve_inline`), taken as the loop's
+        first one (its backend was picked, its outcome not recorded yet).
+        """
         retry = self.config.retry
         method = request.method
         tried: set[str] = set()
         attempts = 0
         failure: Answer | None = None
         while True:
-            backend = route.pick(self.clock(), tried)
-            if backend is None:
-                return await (failure or self._no_backend(route)).send(down)
+            pending: Awaitable[UpstreamResponse]
+            if first is not None:
+                backend, pending = first
+                first = None
+            else:
+                picked = route.pick(self.clock(), tried)
+                if picked is None:
+                    return await (failure or self._no_backend(route)).send(down)
+                backend = picked
+                pending = self.upstream.send(backend, request)
             attempts += 1
             tried.add(backend.endpoint)
             try:
-                response = await self.upstream.send(backend, request)
+                response = await pending
             except UpstreamConnectError as exc:
                 self._outcome(route, backend, Outcome.CONNECT_FAILURE, exc)
                 failure = json_error(502, "backend unreachable", app=route.app)
@@ -182,3 +278,72 @@ class EdgeProxy:
             )
         elif exc is not None:
             log.debug("backend %s of app %s: %s", backend.endpoint, route.app, exc)
+
+
+async def _raise(exc: BaseException) -> UpstreamResponse:
+    raise exc
+
+
+class _Inline:
+    """One request on the inline path, between writing its head and its answer."""
+
+    __slots__ = ("backend", "down", "proxy", "request", "route", "started")
+
+    def __init__(
+        self,
+        proxy: EdgeProxy,
+        down: InlineDownstream,
+        route: AppRoute,
+        request: UpstreamRequest,
+        backend: BackendState,
+        started: float,
+    ) -> None:
+        self.proxy = proxy
+        self.down = down
+        self.route = route
+        self.request = request
+        self.backend = backend
+        self.started = started
+
+    def answered(self, exchange: Exchange) -> None:
+        """The exchange's listener: relay a small whole answer now, else go on in ``forward``."""
+        proxy, down, route = self.proxy, self.down, self.route
+        try:
+            if down.gone:  # nothing to relay to: as the coroutine path, a 499
+                exchange.release()
+                self._done(499)
+                down.finish_inline(None)
+                return
+            status = exchange.status
+            answer = None
+            if status and status not in proxy._retry_on:
+                answer = exchange.small_answer()
+            if answer is None:
+                first = (self.backend, exchange.response())
+                down.finish_inline(proxy._carry(down, route, self.request, self.started, first))
+                return
+            proxy._outcome(
+                route, self.backend, Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS
+            )
+            exchange.release()
+            headers, body = answer
+            try:
+                drained = down.respond_now(status, None, headers, body)
+            except ConnectionResetError:
+                self._done(499)
+                down.finish_inline(None)
+                return
+            self._done(status)
+            down.finish_inline(None if drained else _drain(down))
+        except Exception as exc:  # a bug: the front end answers 500 (or cuts the answer)
+            down.finish_inline(_raise(exc))
+
+    def _done(self, status: int) -> None:
+        proxy = self.proxy
+        proxy.in_flight -= 1
+        proxy.stats.record(self.route.app, status, proxy.clock() - self.started)
+
+
+async def _drain(down: Downstream) -> None:
+    """Wait until the client's buffer drains (a no-op write)."""
+    await down.write(b"")

@@ -79,12 +79,15 @@ class Ejection:
 class BackendState:
     """One backend endpoint as the balancer sees it (mutable, owned by the event loop)."""
 
-    __slots__ = ("endpoint", "instance_id", "host", "port", "weight", "current", "health")
+    __slots__ = (
+        "endpoint", "instance_id", "host", "port", "hostport", "weight", "current", "health",
+    )  # fmt: skip
 
     def __init__(self, endpoint: str, instance_id: str, weight: int, policy: EjectionPolicy):
         self.endpoint = endpoint
         self.instance_id = instance_id
         self.host, self.port = split_endpoint(endpoint)
+        self.hostport = f"{self.host}:{self.port}"  # the Host the lean client sends
         self.weight = weight
         self.current = 0
         self.health = Ejection(policy)

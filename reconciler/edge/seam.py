@@ -19,7 +19,7 @@ relay (:mod:`.aioclient`) and the raw byte tunnel after a ``101`` (:mod:`.tunnel
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -115,4 +115,41 @@ class Upstream(Protocol):
 
     def send(self, backend: BackendState, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
         """Send the request head (and body); return once the answer's head has arrived."""
+        ...
+
+
+class Exchange(Protocol):
+    """One attempt started without a coroutine: the inline path (:meth:`InlineUpstream.begin`).
+
+    Its listener is called once, from the event loop, when the answer's head arrived
+    (``status``) or the attempt failed (``error``, one of the three errors above).
+    """
+
+    status: int  # 0 when it failed
+    error: BaseException | None
+
+    def small_answer(self) -> tuple[CIMultiDict[str], bytes] | None:
+        """The client's headers and the whole body of a small answer that has fully arrived
+        (what :meth:`UpstreamResponse.relay` would send in one write); else None."""
+        ...
+
+    def response(self) -> Awaitable[UpstreamResponse]:
+        """The attempt as :meth:`Upstream.send` would have ended it (the coroutine path)."""
+        ...
+
+    def release(self) -> None:
+        """Give the connection back (after :meth:`small_answer`), or close it."""
+        ...
+
+
+class InlineUpstream(Upstream, Protocol):
+    """An :class:`Upstream` that can start some attempts without a coroutine."""
+
+    def begin(
+        self,
+        backend: BackendState,
+        request: UpstreamRequest,
+        listener: Callable[[Exchange], None],
+    ) -> Exchange | None:
+        """Start the attempt now if it can go inline (else None: nothing was done)."""
         ...

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from reconciler.edge.aiofront import aiohttp_handler
+from reconciler.edge.aiofront import GuardedServer, aiohttp_handler
 from reconciler.edge.clients import HAVE_FAST_PATH, EdgeUpstream
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.proxy import EdgeProxy
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from reconciler.aio import Service
     from reconciler.edge.fastserver import FastServer
+    from reconciler.edge.listener import Listener
 
 log = logging.getLogger("myco.edge")
 
@@ -70,6 +71,8 @@ class RunningEdge:
     port: int
     #: the fast front end while it serves (None with the aiohttp server)
     fast: FastServer | None = None
+    #: the accept loop of either front end while it serves (open connections, the cap)
+    listener: Listener | None = None
 
     @property
     def url(self) -> str:
@@ -158,26 +161,36 @@ async def _front_end(edge: RunningEdge, sock: socket.socket) -> AsyncIterator[No
     if config.server == "fast" and HAVE_FAST_PATH:
         from reconciler.edge.fastserver import FastServer
 
-        edge.fast = FastServer(proxy)
+        edge.fast = FastServer(proxy, client=config.client)
         await edge.fast.start(sock)
+        edge.listener = edge.fast.listener
         try:
             yield
         finally:
             await edge.fast.shutdown(config.shutdown_grace_s)
-            edge.fast = None
+            edge.fast = edge.listener = None
         return
     if config.server == "fast":  # pragma: no cover - depends on the installation
         log.warning("edge: httptools is not installed; serving with aiohttp")
-    server = web.Server(aiohttp_handler(proxy), access_log=None, keepalive_timeout=75.0)
+    limits = config.client
+    server = GuardedServer(
+        aiohttp_handler(proxy, limits),
+        limits,
+        access_log=None,
+        keepalive_timeout=limits.keepalive_s,
+    )
     runner = web.ServerRunner(
         server, handle_signals=False, shutdown_timeout=config.shutdown_grace_s
     )
     await runner.setup()
     try:
-        await web.SockSite(runner, sock).start()
+        server.start(sock)  # no aiohttp site: our listener accepts (the connection cap)
+        edge.listener = server.listener
         yield
     finally:
-        await runner.cleanup()  # stop accepting, finish in-flight, close
+        await server.stop_accepting()
+        edge.listener = None
+        await runner.cleanup()  # close idle connections, finish in-flight, close
 
 
 async def _wait_ready(ready: asyncio.Event, task: asyncio.Task[None], within: float) -> None:

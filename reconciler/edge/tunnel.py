@@ -4,7 +4,8 @@
 with ``Connection: Upgrade``) received by the fast server. The request head goes to the
 backend on a fresh connection; its answer head is parsed by httptools. A ``101`` is
 passed on and the two connections are joined, each direction with flow control; any
-other answer is passed on as it is.
+other answer is passed on as it is. A tunnel with no byte either way for
+``ClientLimits.tunnel_idle_s`` is closed (one lazily re-armed timer per tunnel).
 """
 
 from __future__ import annotations
@@ -102,12 +103,19 @@ class TunnelResponse:
         out["Connection"] = "Upgrade"
         out["Upgrade"] = self.request.headers["Upgrade"]
         client_end = await cast(Upgradable, down).switch(out)
+        watch = IdleWatch(self.config.client.tunnel_idle_s)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_copy_to_backend(client_end, self.writer))
-                tg.create_task(_copy_to_client(self.reader, client_end))
+            async with asyncio.timeout(None) as deadline:
+                watch.start(deadline)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(_copy_to_backend(client_end, self.writer, watch))
+                    tg.create_task(_copy_to_client(self.reader, client_end, watch))
         except* OSError as group:  # either side went away: the tunnel is over
             log.debug("upgraded connection ended: %s", group.exceptions[0])
+        except* TimeoutError:
+            log.debug("upgraded connection idle for %.0fs: closed", watch.idle_s)
+        finally:
+            watch.stop()
 
     def close(self) -> None:
         self.writer.close()
@@ -146,15 +154,55 @@ def parse_response_head(raw: bytes) -> tuple[int, str, list[tuple[bytes, bytes]]
     return int(parser.get_status_code()), cb.reason.decode("latin-1"), cb.headers
 
 
-async def _copy_to_backend(src: TunnelEnd, dst: asyncio.StreamWriter) -> None:
+class IdleWatch:
+    """Ends an ``asyncio.timeout`` block once :meth:`touch` was not called for ``idle_s``.
+
+    One timer, re-armed lazily when it fires (not on every byte); ``idle_s`` 0: never.
+    """
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.last = 0.0
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.Timeout | None = None
+
+    def start(self, deadline: asyncio.Timeout) -> None:
+        if self.idle_s <= 0:
+            return
+        self._deadline = deadline
+        self.last = self._loop.time()
+        self._timer = self._loop.call_later(self.idle_s, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        left = self.last + self.idle_s - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check)
+        elif self._deadline is not None:
+            self._timer = None
+            self._deadline.reschedule(self._loop.time())  # the block ends with TimeoutError
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = None
+
+
+async def _copy_to_backend(src: TunnelEnd, dst: asyncio.StreamWriter, watch: IdleWatch) -> None:
     while data := await src.read():
+        watch.touch()
         dst.write(data)
         await dst.drain()
     if dst.can_write_eof():
         dst.write_eof()
 
 
-async def _copy_to_client(src: asyncio.StreamReader, dst: TunnelEnd) -> None:
+async def _copy_to_client(src: asyncio.StreamReader, dst: TunnelEnd, watch: IdleWatch) -> None:
     while data := await src.read(_CHUNK):
+        watch.touch()
         await dst.write(data)
     dst.write_eof()

@@ -18,14 +18,14 @@ import asyncio
 import collections
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httptools  # type: ignore[import-not-found,unused-ignore]  # optional: see docs/edge.md
 
 from reconciler.edge.config import EdgeConfig, PoolLimits, Timeouts
-from reconciler.edge.downstream import Downstream
-from reconciler.edge.headers import downstream_from_raw
+from reconciler.edge.downstream import Downstream, json_error
+from reconciler.edge.headers import downstream_from_raw, request_head
 from reconciler.edge.routing import BackendState
 from reconciler.edge.seam import (
     UpstreamBrokenError,
@@ -49,7 +49,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.reused = False
+        self._loop = asyncio.get_running_loop()  # once: each call is a getpid() syscall
         self._reset()
+        self.listener: Callable[[], None] | None = None  # the inline path's (see start())
 
     def _reset(self) -> None:
         self.status = 0
@@ -80,12 +82,15 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBrokenError(f"bad response from backend: {exc}", True))
             self._abort()
+            return
+        if self.status and self.listener is not None:  # after the parser, not inside it
+            self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._complete:
             return
-        if self.status and not self._length_known and self._headers_done is not None:
+        if self.status and not self._length_known:
             # no Content-Length, not chunked: the body ends with the connection
             self._complete = True
             self.keep_alive = False
@@ -154,6 +159,49 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers_done.set_exception(exc)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_exception(exc)
+        if self.listener is not None:
+            self._notify()
+
+    def _notify(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener()
+
+    def start(
+        self,
+        head: bytes,
+        read_timeout: float,
+        listener: Callable[[], None],
+        batch: WriteBatch | None = None,
+    ) -> asyncio.TimerHandle:
+        """The inline path's :meth:`send`: write the head, no future, no coroutine.
+
+        ``listener`` is called once, from the loop: when the answer's head arrived (after
+        the whole chunk that brought it was parsed, so a small answer is complete by then)
+        or when the exchange failed (:attr:`error`). The caller cancels the returned timer
+        (the read timeout) when it is called.
+        """
+        assert self.transport is not None
+        self._reset()
+        self.listener = listener
+        if batch is None:
+            self.transport.write(head)
+        else:
+            batch.write(self.transport, head)
+        return self._loop.call_later(read_timeout, self._late)
+
+    def _late(self) -> None:
+        if self.listener is not None:
+            self._fail(UpstreamTimeoutError("backend sent no answer in time"))
+            self._abort()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
 
     def _abort(self) -> None:
         self.closed = True
@@ -179,8 +227,12 @@ class UpstreamConnection(asyncio.Protocol):
             done.set_exception(UpstreamTimeoutError("backend sent no answer in time"))
             self._abort()
 
-    async def body(self, read_timeout: float) -> AsyncIterator[bytes]:
-        """The response body, chunk by chunk, with flow control toward the backend."""
+    async def body(self, read_timeout: float, deadline: float = 0.0) -> AsyncIterator[bytes]:
+        """The response body, chunk by chunk, with flow control toward the backend.
+
+        Each wait is bounded by ``read_timeout``, and all of them by ``deadline`` (loop
+        time; 0 for none): a backend that trickles its answer ends at the deadline.
+        """
         loop = asyncio.get_running_loop()
         while True:
             while self._body:
@@ -195,11 +247,16 @@ class UpstreamConnection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             self._wakeup = loop.create_future()
+            when = loop.time() + read_timeout
+            if deadline and deadline < when:
+                when = deadline
             try:
-                async with asyncio.timeout(read_timeout):
+                async with asyncio.timeout_at(when):
                     await self._wakeup
             except TimeoutError:
                 self._abort()
+                if when == deadline:
+                    raise UpstreamTimeoutError("backend exceeded the total timeout") from None
                 raise UpstreamTimeoutError("backend stopped sending") from None
             finally:
                 self._wakeup = None
@@ -221,6 +278,37 @@ class UpstreamConnection(asyncio.Protocol):
         self._abort()
 
 
+class WriteBatch:
+    """Writes held until the loop has run the callbacks of its current batch of events.
+
+    On loopback (and in VMs above all) most of the cost of a small ``write`` is waking the
+    reader up; the heads of the requests that arrived together, written together, wake
+    the backend once rather than once each. A write to a transport closed meanwhile is
+    dropped (the exchange failed anyway).
+    """
+
+    __slots__ = ("_loop", "_pending")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[asyncio.Transport, bytes]] = []
+
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+        pending.append((transport, data))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for transport, data in pending:
+            if not transport.is_closing():
+                transport.write(data)
+
+
 class UpstreamPool:
     """Idle keep-alive connections per backend, newest first, expired after ``keepalive_s``."""
 
@@ -229,10 +317,19 @@ class UpstreamPool:
         self.timeouts = timeouts
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self._idle_count = 0
+        self.batch = WriteBatch()  # the inline path's request heads
 
     async def acquire(self, host: str, port: int) -> UpstreamConnection:
-        key = (host, port)
-        idle = self._idle.get(key)
+        conn = self.take_idle(host, port)
+        if conn is not None:
+            return conn
+        return await self.connect(host, port)
+
+    def take_idle(self, host: str, port: int) -> UpstreamConnection | None:
+        """A pooled connection still fresh enough, or None (no waiting)."""
+        idle = self._idle.get((host, port))
+        if not idle:
+            return None
         now = time.monotonic()
         while idle:
             conn = idle.pop()
@@ -241,7 +338,7 @@ class UpstreamPool:
                 conn.reused = True
                 return conn
             conn.close()
-        return await self.connect(host, port)
+        return None
 
     async def connect(self, host: str, port: int) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -298,12 +395,14 @@ class LeanUpstream:
         self.config = config
         self.pool = pool
 
+    @staticmethod
+    def head(backend: BackendState, request: UpstreamRequest) -> bytes:
+        """The request head for ``backend`` (``Host`` is the backend's address)."""
+        return request_head("GET", request.target, backend.hostport, request.headers)
+
     async def send(self, backend: BackendState, request: UpstreamRequest) -> LeanResponse:
         """Send the head; a pooled connection the backend had closed is replaced once."""
-        lines = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
-        head = (
-            f"GET {request.target} HTTP/1.1\r\nHost: {backend.host}:{backend.port}\r\n{lines}\r\n"
-        ).encode("utf-8", "surrogateescape")
+        head = request_head("GET", request.target, backend.hostport, request.headers)
         read = self.config.timeouts.read
         pool = self.pool
         conn = await pool.acquire(backend.host, backend.port)
@@ -349,13 +448,29 @@ class LeanResponse:
         ):
             body = conn.take_complete_body()
             if body is None:
-                body = b"".join([chunk async for chunk in conn.body(read)])
+                try:
+                    parts = [chunk async for chunk in conn.body(read, _deadline(config))]
+                except UpstreamTimeoutError:  # nothing was sent to the client yet
+                    await json_error(504, "backend timed out").send(down)
+                    return
+                body = b"".join(parts)
             await down.respond(conn.status, None, headers, body)
             return
         await down.start(conn.status, None, headers)
-        async for chunk in conn.body(read):
+        async for chunk in conn.body(read, _deadline(config)):
             await down.write(chunk)
         await down.end()
 
     def close(self) -> None:
         self.upstream.pool.release(self.conn)  # kept only when complete and reusable
+
+
+def _deadline(config: EdgeConfig) -> float:
+    """The loop time by which a body must have arrived (``Timeouts.total``; 0: none).
+
+    Counted from when the body is first awaited, not from the request: the head before it
+    is bounded by the read timeout, and the hot path (a small answer complete with its
+    head) never reads the clock for it.
+    """
+    total = config.timeouts.total
+    return asyncio.get_running_loop().time() + total if total else 0.0

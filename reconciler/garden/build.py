@@ -1,5 +1,8 @@
 """Map one schema-valid document to the typed model (:class:`AppSpec` = DNA + deployment).
 
+``spec.build`` (python / node / command) becomes :class:`~reconciler.model.Build`, part of
+the DNA: a change to it rebuilds.
+
 Pure: no I/O. ``source`` arrives already resolved by the caller.
 """
 
@@ -10,6 +13,7 @@ from typing import Any
 
 from reconciler.model import (
     AppSpec,
+    Build,
     Deployment,
     Dna,
     Health,
@@ -24,6 +28,23 @@ from reconciler.records import Nutrients
 
 def _f(d: dict[str, Any], key: str, default: float) -> float:
     return float(d.get(key, default))
+
+
+def build_of(spec: dict[str, Any]) -> Build | None:
+    """The ``spec.build`` block as a :class:`Build` (``platform`` is left for the builder)."""
+    b: dict[str, Any] | None = spec.get("build")
+    if not b:
+        return None
+    if "python" in b:
+        return Build(kind="python", requirements=str(b["python"]["requirements"]))
+    if "node" in b:
+        return Build(kind="node", lockfile=str(b["node"]["lockfile"]))
+    cmd = b["command"]
+    return Build(
+        kind="command",
+        command=tuple(str(a) for a in cmd["run"]),
+        outputs=tuple(str(o) for o in cmd["outputs"]),
+    )
 
 
 def build_app(value: dict[str, Any], source: Path, origin: Origin) -> AppSpec:
@@ -66,6 +87,7 @@ def build_app(value: dict[str, Any], source: Path, origin: Origin) -> AppSpec:
             window_s=_f(restart_d, "window_s", rd.window_s),
             stop_grace_s=_f(restart_d, "stop_grace_s", rd.stop_grace_s),
         ),
+        build=build_of(spec),
     )
     deployment = Deployment(
         instances=int(spec.get("instances", 1)),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reconciler.errors import GardenInvalid, GardenLoadError, GardenSourceError
 from reconciler.garden.build import build_app
-from reconciler.garden.loader import MAX_FILE_BYTES, Document, decode, load_text
+from reconciler.garden.loader import MAX_FILE_BYTES, Document, Pointer, decode, load_text
 from reconciler.garden.rules import Entry, check_garden
 from reconciler.garden.schema import Problem, check_document, document_name
 from reconciler.model import AppSpec, Garden, Origin
@@ -45,6 +45,7 @@ class _DocState:
     problems: list[Problem]  # schema problems (fixed while the file is unchanged)
     name: str | None
     source: str | None = None  # resolved app directory, once it checked out
+    locks: tuple[str, ...] = ()  # the build's lock files, checked again on every read
     app: AppSpec | None = None
 
 
@@ -93,6 +94,38 @@ def check_source(
         what = "is not a directory" if resolved.exists() else "does not exist"
         return None, Problem(*where, f"spec.source: {raw!r} {what}")
     return resolved, None
+
+
+def check_build(doc: Document, source: Path) -> tuple[tuple[str, ...], Problem | None]:
+    """The lock files ``spec.build`` names must be regular files inside ``source``.
+
+    Returns the lock files (absolute, to re-check on later reads), or the problem, pointed at
+    the value of the ``requirements:`` / ``lockfile:`` key.
+    """
+    build = doc.value["spec"].get("build") or {}
+    wanted: list[tuple[str, str, str]] = []  # (kind, key, file needed beside the lock)
+    if "python" in build:
+        wanted.append(("python", "requirements", ""))
+    if "node" in build:
+        wanted += [("node", "lockfile", ""), ("node", "lockfile", "package.json")]
+    found: list[str] = []
+    for kind, key, beside in wanted:
+        raw = str(build[kind][key])
+        ptr: Pointer = ("spec", "build", kind, key)
+        mark = doc.value_mark(ptr)
+        where = f"spec.build.{kind}.{key}"
+        lock = (source / raw).resolve()
+        path = lock.parent / beside if beside else lock
+        if not path.is_relative_to(source):
+            message = f"{where}: {raw!r} resolves outside the app's source"
+            return (), Problem(doc.path, mark.line, mark.col, message)
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            shown = f"{raw!r} needs {beside!r} beside it, which" if beside else repr(raw)
+            message = f"{where}: {shown} {what} in the app's source"
+            return (), Problem(doc.path, mark.line, mark.col, message)
+        found.append(str(path))
+    return tuple(found), None
 
 
 class GardenReader:
@@ -153,15 +186,22 @@ class GardenReader:
 
     def _check(self, state: _DocState, rel: str) -> Problem | None:
         """The per-document checks beyond the schema (the app's source); builds the app."""
-        if state.source is not None and os.path.isdir(state.source):
+        if (
+            state.source is not None
+            and os.path.isdir(state.source)
+            and all(os.path.isfile(lock) for lock in state.locks)
+        ):
             return None
-        state.source, state.app = None, None
+        state.source, state.app, state.locks = None, None, ()
         resolved, bad = check_source(state.doc, self.root / rel, self.repo_root)
         if bad is not None:
             return bad
         assert resolved is not None
+        locks, bad = check_build(state.doc, resolved)
+        if bad is not None:
+            return bad
         doc = state.doc
-        state.source = str(resolved)
+        state.source, state.locks = str(resolved), locks
         state.app = build_app(doc.value, resolved, Origin(doc.path, doc.start.line, doc.start.col))
         return None
 
@@ -248,6 +288,9 @@ def read_app_file(path: Path, repo_root: Path | None = None) -> list[AppSpec]:
         doc_problems = check_document(doc)
         if not doc_problems:
             source_path, bad = check_source(doc, path, rr)
+            if bad is None:
+                assert source_path is not None
+                bad = check_build(doc, source_path)[1]
             if bad is not None:
                 doc_problems.append(bad)
             else:

@@ -57,6 +57,11 @@ SYNONYMS = {
     "api_version": "apiVersion",
     "apiversion": "apiVersion",
     "meta": "metadata",
+    "pip": "python",
+    "npm": "node",
+    "artifacts": "outputs",
+    "requirements_txt": "requirements",
+    "package_lock": "lockfile",
 }
 
 

@@ -48,6 +48,7 @@ class UpOptions:
     status: bool = True  # print status changes while running
     webhooks: tuple[str, ...] = ()  # notified by the reconciler on sync/health changes
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    data_plane: str = "python"  # the edge's: "python" or "haproxy" (docs/edge.md)
 
 
 def _free_port(host: str) -> int:
@@ -190,6 +191,11 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             gossip[opts.nodes + 1],
             "--gossip-key",
             str(ident.gossip_key),
+            *(
+                ["--data-plane", "haproxy", "--state", str(opts.state / "edge-haproxy")]
+                if opts.data_plane == "haproxy"
+                else []
+            ),
             "--join",
             *seeds,
         ],

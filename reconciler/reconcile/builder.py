@@ -5,12 +5,19 @@ of its files): when the repo already holds the spore for that key nothing is bui
 a change of ``instances`` or ``rollout`` never rebuilds. An app whose spore cannot be
 built is treated like an invalid manifest: it keeps running at its last good spore and
 shows InvalidSpec with the build error, while the other apps go on.
+
+A DNA with a dependency build (``spec.build``) is built by :mod:`reconciler.spore.deps`,
+whose outputs are cached by input hash in ``cache_dir`` (default ``<repo>/../build-cache``,
+i.e. ``<state>/build-cache`` for the default repo); each build step is logged as one line.
+A build that failed is not run again for the same DNA before ``retry_failed_s``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +29,10 @@ from reconciler.errors import MycoError
 from reconciler.model import Dna, Garden
 from reconciler.records import Nutrients
 from reconciler.repo import SporeRepo
-from reconciler.spore.build import build_spore, dna_key
+from reconciler.spore.build import dna_key
+from reconciler.spore.deps import BuildSettings, build_app_spore
 from reconciler.spore.keys import load_private_key
+from reconciler.spore.verify import read_manifest
 
 log = logging.getLogger("myco.reconciler.build")
 
@@ -59,11 +68,24 @@ class Overrides:
 class SporeBuilder:
     """Finds or builds the spore of each DNA; remembers results per DNA object."""
 
-    def __init__(self, repo: SporeRepo, key: Ed25519PrivateKey | Path | None) -> None:
+    def __init__(
+        self,
+        repo: SporeRepo,
+        key: Ed25519PrivateKey | Path | None,
+        *,
+        cache_dir: Path | None = None,
+        settings: BuildSettings | None = None,
+        retry_failed_s: float = 60.0,
+    ) -> None:
         self.repo = repo
         self._key_src = key
         self._key: Ed25519PrivateKey | None = None
         self._known: dict[tuple[Dna, str], str] = {}
+        self.cache_dir = cache_dir or Path(repo.root).parent / "build-cache"
+        self.settings = settings or BuildSettings()
+        self.retry_failed_s = retry_failed_s
+        self._failed: dict[str, tuple[float, MycoError]] = {}  # dna key -> (when, error)
+        self._platforms: dict[str, str] = {}  # digest -> its manifest's build.platform
 
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._key is None:
@@ -78,14 +100,40 @@ class SporeBuilder:
         key = dna_key(dna)
         return key, self.repo.lookup_dna_key(key) or ""
 
+    def platform_of(self, digest: str) -> str:
+        """The platform the stored spore ``digest`` was built for ("" without a build)."""
+        known = self._platforms.get(digest)
+        if known is None:
+            with open(self.repo.path(digest), "rb") as f:
+                manifest, _, _ = read_manifest(f)
+            known = manifest.build.platform if manifest.build is not None else ""
+            self._platforms[digest] = known
+        return known
+
     def digest_for(self, dna: Dna) -> str:
         """The digest of the spore for ``dna``, built, signed and stored if missing."""
         key, digest = self.lookup(dna)
         if digest:
             return digest
-        with tempfile.TemporaryDirectory(prefix="myco-build-") as tmp:
-            built = build_spore(dna, self._signing_key(), Path(tmp))
-            digest = self.repo.put(built.path)
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < self.retry_failed_s:
+            raise failed[1]
+        try:
+            with tempfile.TemporaryDirectory(prefix="myco-build-") as tmp:
+                built = build_app_spore(
+                    dna,
+                    self._signing_key(),
+                    Path(tmp),
+                    self.cache_dir,
+                    self.settings,
+                    progress=lambda text: log.info("build %s", text),
+                )
+                digest = self.repo.put(built.path)
+        except MycoError as exc:
+            if dna.build is not None:  # an installer run is costly: not again at once
+                self._failed[key] = (time.monotonic(), exc)
+            raise
+        self._failed.pop(key, None)
         self.repo.record_dna_key(key, digest)
         log.info("built spore %s %s: %s", dna.name, dna.version, digest)
         return digest
@@ -105,12 +153,17 @@ def desired_from(
     apps: dict[str, DesiredApp] = {}
     invalid: dict[str, str] = dict(garden.invalid)
     for spec in garden.apps:
-        digest = ""
+        digest = platform = ""
         if spec.name in ov.pins:
             digest = ov.pins[spec.name]
+            if builder is not None:  # a rolled-back spore runs where its build runs
+                with contextlib.suppress(MycoError, OSError):
+                    platform = builder.platform_of(digest)
         elif builder is not None:
             try:
                 digest = builder.digest_for(spec.dna) if build else builder.lookup(spec.dna)[1]
+                if digest and spec.dna.build is not None:  # placed only where it runs
+                    platform = builder.platform_of(digest)
             except MycoError as exc:
                 log.warning("cannot build the spore of %s: %s", spec.name, exc)
                 invalid[spec.name] = f"spore build failed: {exc}"
@@ -118,7 +171,7 @@ def desired_from(
             except OSError as exc:
                 invalid[spec.name] = f"spore build failed: {exc.strerror or exc}"
                 continue
-        apps[spec.name] = DesiredApp(spec=spec, digest=digest)
+        apps[spec.name] = DesiredApp(spec=spec, digest=digest, platform=platform)
     return Desired(
         apps=apps,
         invalid=invalid,

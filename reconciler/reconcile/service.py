@@ -64,6 +64,7 @@ class MemberConfig:
     repo: Path | None = None  # default <state>/repo
     listen: str = "127.0.0.1:0"  # the repo + control API
     public_url: str = ""  # what agents fetch spores from (default: the served URL)
+    build_timeout_s: float = 600.0  # one dependency installer or build command run
 
     def member_name(self) -> str:
         return self.name or f"reconciler-{socket.gethostname()}-{os.getpid()}"
@@ -221,6 +222,7 @@ async def open_member(
     """A ReconcileLoop joined to the fabric, its repo + control API served (not yet run)."""
     from reconciler.reconcile.http import make_app
     from reconciler.repo import SporeRepo
+    from reconciler.spore.deps import BuildSettings
     from reconciler.webserve import start_app
 
     config = resolve(config)
@@ -231,7 +233,12 @@ async def open_member(
         config.join.open, state_dir=config.state / "fabric", leave_on_exit=True
     )
     async with opener(name) as fabric:
-        builder = SporeBuilder(repo, config.key)
+        builder = SporeBuilder(
+            repo,
+            config.key,
+            cache_dir=config.state / "build-cache",
+            settings=BuildSettings(timeout_s=config.build_timeout_s),
+        )
         rec = ReconcileLoop(fabric, source, builder, settings, overrides=overrides)
         runner, served = await start_app(
             make_app(rec, repo), host, port, "the repo", advertise_host=advertised_host(fabric)

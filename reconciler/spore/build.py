@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from reconciler.errors import SporeError
 from reconciler.files import atomic_writer
-from reconciler.model import Dna
+from reconciler.model import Build, Dna
 from reconciler.spore.archive import CHUNK, MANIFEST, PAYLOAD, SIGNATURE, SUFFIX
 from reconciler.spore.keys import load_private_key
 from reconciler.spore.manifest import FileEntry, PayloadDigest, SporeManifest, check_payload_path
+from reconciler.spore.platforms import target_platform
 from reconciler.spore.signature import SignatureRecord
 
 log = logging.getLogger("myco.spore")
@@ -41,6 +43,8 @@ SKIP_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
 SKIP_NAMES = frozenset({".DS_Store"})
 SKIP_SUFFIXES = (".pyc", ".pyo")
 DNA_KEY_VERSION = b"myco.dna-key/v1\n"
+#: Where a Python build's packages go in the payload (the agent puts it on PYTHONPATH).
+VENDOR_PYTHON = "_vendor/python"
 # Deflate a file only if a sample of it shrinks to this fraction or less.
 _SAMPLE = 256 * 1024
 _DEFLATE_IF_BELOW = 0.9
@@ -62,21 +66,26 @@ class BuiltSpore:
     manifest: SporeManifest
 
 
-def scan_source(root: Path) -> list[SourceFile]:
-    """The files under ``root`` to pack, sorted; refuse symlinks and special files."""
+def scan_source(root: Path, skip: Collection[str] = ()) -> list[SourceFile]:
+    """The files under ``root`` to pack, sorted; refuse symlinks and special files.
+
+    ``skip``: relative POSIX paths (files or folders) left out, e.g. what a build replaces.
+    """
     root = Path(root)
     if not root.is_dir():
         raise SporeError(f"source {root} is not a directory")
     found: list[SourceFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        rel_here = here.relative_to(root).as_posix()
+        prefix = "" if rel_here == "." else rel_here + "/"
         for d in list(dirnames):
-            if d in SKIP_DIRS:
+            if d in SKIP_DIRS or prefix + d in skip:
                 dirnames.remove(d)
             elif (here / d).is_symlink():
                 raise SporeError(f"source {here / d} is a symlink (refused)")
         for name in filenames:
-            if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES):
+            if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES) or prefix + name in skip:
                 continue
             full = here / name
             st = full.lstat()
@@ -87,6 +96,31 @@ def scan_source(root: Path) -> list[SourceFile]:
             found.append(SourceFile(rel, full, normal_mode(st.st_mode)))
     found.sort(key=lambda s: s.path)
     return found
+
+
+def build_dir(build: Build) -> str:
+    """Where a python or node build's output goes in the payload ("" for a command build,
+    whose outputs keep their own paths)."""
+    if build.kind == "python":
+        return VENDOR_PYTHON
+    if build.kind == "node":
+        return posixpath.normpath(posixpath.join(posixpath.dirname(build.lockfile), "node_modules"))
+    return ""
+
+
+def replaced_by_build(build: Build | None) -> tuple[str, ...]:
+    """Source paths the build's output takes the place of (left out of the source scan: a
+    developer's local ``node_modules`` never reaches a spore)."""
+    if build is None:
+        return ()
+    if build.kind == "command":
+        return tuple(posixpath.normpath(o) for o in build.outputs)
+    return (build_dir(build),)
+
+
+def source_files(dna: Dna) -> list[SourceFile]:
+    """The files of ``dna.source`` that go into its spore (without what a build replaces)."""
+    return scan_source(dna.source, replaced_by_build(dna.build))
 
 
 def normal_mode(st_mode: int) -> int:
@@ -122,9 +156,14 @@ def dna_key(
 
     Two DNAs with the same key build byte-identical spores with the same signing key. Pass
     ``signer`` (the raw public key) to make the key change when the signing key does.
+    With a dependency build the key covers its inputs: the source files (the lock file is
+    one of them), the build definition (signed in the manifest) and the platform this host
+    builds for; ``files`` are then the source files only (:func:`source_files`).
     """
-    manifest = manifest_for(dna, scan_source(dna.source) if files is None else files)
+    manifest = manifest_for(dna, source_files(dna) if files is None else files)
     h = hashlib.sha256(DNA_KEY_VERSION + manifest.canonical_bytes())
+    if dna.build is not None:
+        h.update(b"\nbuild-target:" + target_platform(dna.build.kind).encode())
     if signer is not None:
         h.update(b"\nsigner:" + signer)
     return h.hexdigest()
@@ -143,10 +182,12 @@ def build_spore(
 ) -> BuiltSpore:
     """Build, sign and write ``out_dir/<name>-<version>.spore`` (atomically); return it.
 
-    ``files`` defaults to everything under ``dna.source`` (see :func:`scan_source`).
+    ``files`` defaults to everything under ``dna.source`` (see :func:`scan_source`). This
+    packs files only: a DNA with a dependency build goes through
+    :func:`reconciler.spore.deps.build_app_spore`, which runs the build and passes its output.
     """
     private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key)
-    files = scan_source(dna.source) if files is None else sorted(files, key=lambda s: s.path)
+    files = source_files(dna) if files is None else sorted(files, key=lambda s: s.path)
     manifest = manifest_for(dna, files)
     target = Path(out_dir) / spore_filename(manifest)
     with atomic_writer(target, 0o644) as out:

@@ -1,9 +1,10 @@
 """The signed manifest of a spore (``manifest.json``, docs/spore.md, docs/INTERFACES.md).
 
 The manifest is the app's DNA (identity, runtime, nutrients, slo, security, health, restart
-policy) plus the list of payload files with their SHA-256, size and mode. It is stored in
-the archive as its *canonical* JSON (sorted keys, no spaces, UTF-8) and the Ed25519
-signature covers exactly those bytes, so every payload byte is covered through the hashes.
+policy, and the dependency ``build`` when there is one) plus the list of payload files with
+their SHA-256, size and mode. It is stored in the archive as its *canonical* JSON (sorted
+keys, no spaces, UTF-8) and the Ed25519 signature covers exactly those bytes, so every
+payload byte is covered through the hashes.
 
 :meth:`SporeManifest.from_json` is strict: unknown fields, wrong types, unsafe payload
 paths, unsorted or duplicate file entries are all refused with :class:`SporeFormatError`.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import SporeFormatError
-from reconciler.model import Dna, Health, RestartPolicy, Security, Slo
+from reconciler.model import Build, Dna, Health, RestartPolicy, Security, Slo
 from reconciler.records import Nutrients
 
 FORMAT = "myco.spore/v1"
@@ -119,6 +120,20 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "stop_grace_s": _NUM,
             },
         },
+        "build": {
+            # optional: only a spore with a dependency build carries it (docs/spore.md)
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["kind", "requirements", "lockfile", "command", "outputs", "platform"],
+            "properties": {
+                "kind": {"enum": ["python", "node", "command"]},
+                "requirements": {"type": "string"},
+                "lockfile": {"type": "string"},
+                "command": {"type": "array", "items": {"type": "string"}},
+                "outputs": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string", "minLength": 1, "maxLength": 128},
+            },
+        },
         "payload": {
             "type": "object",
             "additionalProperties": False,
@@ -209,6 +224,9 @@ class SporeManifest:
     files: tuple[FileEntry, ...] = ()
     payload: PayloadDigest | None = None  # set by the builder once the payload is written
     format: str = FORMAT
+    #: the dependency build whose output is in the payload; ``platform`` is "any" or the
+    #: builder host's tag (agents run only what their host matches)
+    build: Build | None = None
 
     @classmethod
     def from_dna(cls, dna: Dna, files: Iterable[FileEntry]) -> SporeManifest:
@@ -227,6 +245,7 @@ class SporeManifest:
             health=dna.health,
             restart=dna.restart,
             files=entries,
+            build=dna.build,
         )
 
     @property
@@ -273,6 +292,16 @@ class SporeManifest:
             },
             "files": [f.to_json() for f in self.files],
         }
+        if self.build is not None:
+            b = self.build
+            out["build"] = {
+                "kind": b.kind,
+                "requirements": b.requirements,
+                "lockfile": b.lockfile,
+                "command": list(b.command),
+                "outputs": list(b.outputs),
+                "platform": b.platform,
+            }
         if self.payload is not None:
             out["payload"] = {"sha256": self.payload.sha256, "size": self.payload.size}
         return out
@@ -317,6 +346,7 @@ class SporeManifest:
             files=files,
             payload=PayloadDigest(data["payload"]["sha256"], data["payload"]["size"]),
             format=data["format"],
+            build=_build_from(data.get("build")),
         )
 
     @classmethod
@@ -330,6 +360,19 @@ class SporeManifest:
         if canonical_json(data) != raw:
             raise SporeFormatError("manifest.json is not in canonical form")
         return manifest
+
+
+def _build_from(b: dict[str, Any] | None) -> Build | None:
+    if b is None:
+        return None
+    return Build(
+        kind=b["kind"],
+        requirements=b["requirements"],
+        lockfile=b["lockfile"],
+        command=tuple(b["command"]),
+        outputs=tuple(b["outputs"]),
+        platform=b["platform"],
+    )
 
 
 def canonical_json(obj: object) -> bytes:

@@ -185,7 +185,8 @@ def test_demo_walks_through_and_is_repeatable(capsys, tmp_path, monkeypatch):
         assert step in out
     assert (tmp_path / ".myco" / "keys" / "dev.key").is_file()
     first = sorted(p.name for p in (tmp_path / ".myco" / "repo" / "spores").iterdir())
-    assert len(first) == 2
+    apps = list((tmp_path / "garden").glob("*.yaml"))
+    assert len(first) == len(apps)  # one spore per app of the garden
     code, out2, _ = run(capsys, "demo")
     assert code == 0
     assert "reusing" in out2
