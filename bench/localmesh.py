@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    import socket
+    """A port to hand to a process started later: below the ephemeral range, so no
+    outgoing connection can take it meanwhile (reconciler.ports)."""
+    from reconciler.ports import free_port as pick
 
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return pick(host)
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:

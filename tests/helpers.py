@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -45,7 +44,8 @@ async def async_wait_for(
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind 0, read, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that binds now, below the ephemeral range (reconciler.ports): a process
+    started later gets it even if connections were opened meanwhile."""
+    from reconciler.ports import free_port as pick
+
+    return pick(host)

@@ -33,6 +33,7 @@ from reconciler.home import MeshRecord
 from reconciler.mesh.identity import Identity, ensure_identity
 from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
 from reconciler.observe.status import MeshStatus, build_status
+from reconciler.ports import free_port
 
 log = logging.getLogger("myco.mesh")
 
@@ -52,9 +53,7 @@ class UpOptions:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_port(host)  # below the ephemeral range: see reconciler.ports
 
 
 def _family(host: str) -> socket.AddressFamily:
