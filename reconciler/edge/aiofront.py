@@ -194,7 +194,7 @@ class GuardedServer(web.Server):
         self.limits = limits
         self.handler_kwargs = kwargs
         self.listener: Listener | None = None
-        self.sweep_s = max(0.05, min(1.0, limits.header_s / 4))
+        self.sweep_s = max(0.05, min(0.25, limits.header_s / 4))
         self._sweeper: asyncio.TimerHandle | None = None
 
     def __call__(self) -> GuardedHandler:  # a connection that did not come from start()
