@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.addr import parse_addr
 from reconciler.edge.haproxy_plan import (
     Command,
     Current,
@@ -593,7 +592,10 @@ async def _serve(
             tasks.append(service.spawn("haproxy supervisor", driver.supervise()))
             tasks.append(service.spawn("stats loop", stats_loop()))
             async with _admin(spec, driver, fabric) as admin_url:
-                log.info("%s", _startup_line(spec, driver, admin_url, member))
+                from reconciler.edge.process import startup_line
+
+                head = _startup_head(spec, driver)
+                log.info("%s", startup_line(head, spec, admin_url, member))
                 try:
                     await asyncio.Event().wait()  # until the first signal cancels the service
                 finally:
@@ -603,26 +605,13 @@ async def _serve(
             await driver.stop()
 
 
-def _startup_line(
-    spec: EdgeRunSpec,
-    driver: HaproxyDriver,
-    admin_url: str | None,
-    member: tuple[str, str] | None,
-) -> str:
+def _startup_head(spec: EdgeRunSpec, driver: HaproxyDriver) -> str:
     cfg = spec.config
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    parts = [
+    return (
         f"edge serving on http://{host}:{cfg.port} (pid {os.getpid()}, haproxy data plane "
         f"pid {driver.pid}, runtime API {driver.socket_path})"
-    ]
-    if admin_url is not None:
-        ui = f", dashboard {admin_url}/ui/" if member is not None else ""
-        parts.append(f"metrics {admin_url}/metrics{ui}")
-    if member is not None:
-        parts.append(f"fabric member {member[0]} gossip {member[1]}")
-    else:
-        parts.append(f"static routes for {len(spec.static_routes)} app(s)")
-    return "; ".join(parts)
+    )
 
 
 @contextlib.asynccontextmanager
@@ -636,10 +625,9 @@ async def _admin(
         return
     from aiohttp import web
 
+    from reconciler.edge.process import serve_admin
     from reconciler.observe.metrics import Metrics
-    from reconciler.webserve import start_app
 
-    host, port = parse_addr(spec.metrics_listen, what="--metrics-listen")
     metrics = Metrics("edge", fabric, scope="none")
     snapshot: dict[tuple[str, ...], float] = {}
 
@@ -667,15 +655,5 @@ async def _admin(
         await refresh()
         return await metrics.handler(request)
 
-    app = web.Application()
-    app.router.add_get("/metrics", handler)
-    if fabric is not None:
-        from reconciler.observe.ui import setup_ui
-
-        setup_ui(app, fabric)
-    shown = spec.join.advertised_host() if spec.join is not None else None
-    runner, url = await start_app(app, host, port, "the edge's metrics", advertise_host=shown)
-    try:
+    async with serve_admin(spec, fabric, handler) as url:
         yield url
-    finally:
-        await runner.cleanup()

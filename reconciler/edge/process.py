@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from reconciler.fabric.joining import JoinSettings
 
 log = logging.getLogger("myco.edge")
+
+#: what serves ``/metrics`` on the admin address
+AdminHandler = Callable[[Any], Awaitable[Any]]
 
 LoopName = Literal["auto", "uvloop", "asyncio"]
 
@@ -137,7 +140,12 @@ async def _serve_until(
         _admin(spec, edge, fabric) as admin_url,
     ):
         member = (fabric.name, gossip) if fabric is not None else None
-        log.info("%s", startup_line(spec, edge, admin_url, member))
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        head = (
+            f"edge serving on {edge.url} (pid {os.getpid()}, {spec.config.server} server, "
+            f"loop {loop})"
+        )
+        log.info("%s", startup_line(head, spec, admin_url, member))
         try:
             await asyncio.Event().wait()  # until the first signal cancels the service
         finally:
@@ -145,16 +153,14 @@ async def _serve_until(
 
 
 def startup_line(
+    head: str,
     spec: EdgeRunSpec,
-    edge: RunningEdge,
     admin_url: str | None,
     member: tuple[str, str] | None,
 ) -> str:
-    """What a person needs to reach and recognise this edge, in one line."""
-    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    parts = [
-        f"edge serving on {edge.url} (pid {os.getpid()}, {spec.config.server} server, loop {loop})"
-    ]
+    """What a person needs to reach and recognise this edge, in one line (``head`` says
+    where it serves and on which data plane)."""
+    parts = [head]
     if admin_url is not None:
         ui = f", dashboard {admin_url}/ui/" if member is not None else ""
         parts.append(f"metrics {admin_url}/metrics{ui}")
@@ -211,18 +217,29 @@ async def _admin(
     if not spec.metrics_listen:
         yield None
         return
+    from reconciler.observe.metrics import Metrics
+
+    metrics = Metrics("edge", fabric, scope="none")
+    metrics.add_edge_stats(edge.stats.lifetime)
+    async with serve_admin(spec, fabric, metrics.handler) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_admin(
+    spec: EdgeRunSpec, fabric: FabricAPI | None, metrics: AdminHandler
+) -> AsyncIterator[str]:
+    """Serve ``metrics`` at ``/metrics`` (and the ``/ui`` dashboard with a fabric) on
+    ``--metrics-listen`` (one port per worker); yields the URL. Both data planes use it."""
     from aiohttp import web
 
-    from reconciler.observe.metrics import Metrics
     from reconciler.webserve import start_app
 
     host, port = parse_addr(spec.metrics_listen, what="--metrics-listen")
     if spec.worker_index >= 0 and port:
         port += spec.worker_index  # one admin port per worker
-    metrics = Metrics("edge", fabric, scope="none")
-    metrics.add_edge_stats(edge.stats.lifetime)
     app = web.Application()
-    app.router.add_get("/metrics", metrics.handler)
+    app.router.add_get("/metrics", metrics)
     if fabric is not None:
         from reconciler.observe.ui import setup_ui
 
