@@ -36,7 +36,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from bench.localmesh import billing_manifest  # the test garden's one app, short timers
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "deploy.md"
@@ -320,28 +321,6 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *ident, *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60
     ).stdout
-
-
-def billing_manifest(version: str = "1.0.0", instances: int = 2, warmup_s: float = 0.5) -> str:
-    """The test garden's one app: the example workload, short timers, blue-green."""
-    return textwrap.dedent(
-        f"""\
-        apiVersion: myco/v1
-        kind: Spore
-        metadata:
-          name: billing
-        spec:
-          version: "{version}"
-          source: ../workloads/billing
-          command: ["{sys.executable}", "server.py"]
-          nutrients: {{cpu_milli: 100, memory_mb: 128}}
-          health: {{path: /health, interval_s: 0.2, timeout_s: 1.0, grace_s: 10.0}}
-          restart: {{backoff_initial_s: 0.1, backoff_max_s: 1.0, stop_grace_s: 2.0}}
-          instances: {instances}
-          rollout: {{strategy: blue-green, warmup_s: {warmup_s}}}
-          route: {{prefix: /billing}}
-        """
-    )
 
 
 class NetMesh:
