@@ -49,3 +49,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     from reconciler.ports import free_port as pick
 
     return pick(host)
+
+
+#: A network namespace's set-up: loopback up, and a veth pair whose end v0 is 10.77.0.3/24
+#: (for tests that bind 0.0.0.0 inside ``unshare -n``: the wildcard reaches nothing else).
+NETNS_SETUP = (
+    "ip link set lo up && ip link add v0 type veth peer name v1 && "
+    "ip addr add 10.77.0.3/24 dev v0 && ip link set v0 up && ip link set v1 up"
+)
+
+
+def netns_skip_reason() -> str | None:
+    """Why a private network namespace cannot be made here (None: it can)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare or ip (util-linux, iproute2) is not installed"
+    probe = subprocess.run(
+        ["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True, timeout=20
+    )
+    if probe.returncode != 0:
+        return f"cannot make a network namespace: {probe.stderr.decode().strip()}"
+    return None

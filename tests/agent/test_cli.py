@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from reconciler.agent.runner import read_start_ticks
 from reconciler.fabric import Fabric, open_fabric
 from reconciler.records import InstanceRecord
 from tests.agent.mesh import instance_seen, make_spore, one, publish_intent, serve_repo
-from tests.helpers import async_wait_for
+from tests.helpers import NETNS_SETUP, async_wait_for, netns_skip_reason
 
 MYCO = [sys.executable, "-m", "reconciler"]
 
@@ -246,29 +245,11 @@ async def test_myco_agent_prints_its_startup_line_without_v(tmp_path: Path) -> N
     assert proc.returncode == 0, rest.decode()
 
 
-#: A network namespace's set-up: loopback up, and a veth pair whose end v0 is 10.77.0.3/24.
-NETNS_SETUP = (
-    "ip link set lo up && ip link add v0 type veth peer name v1 && "
-    "ip addr add 10.77.0.3/24 dev v0 && ip link set v0 up && ip link set v1 up"
-)
-
-
-def _netns_reason() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip (util-linux, iproute2) is not installed"
-    probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True, timeout=20
-    )
-    if probe.returncode != 0:
-        return f"cannot make a network namespace: {probe.stderr.decode().strip()}"
-    return None
-
-
 async def test_insecure_wildcard_binds_start_and_say_so(tmp_path: Path) -> None:
     """``--insecure`` lets a keyless agent bind 0.0.0.0, and it advertises the address that
     routes to its seed: run in a network namespace of its own (loopback, and a veth pair
     holding 10.77.0.3/24), so the wildcard reaches nothing outside this test."""
-    reason = _netns_reason()
+    reason = netns_skip_reason()
     if reason is not None:
         pytest.skip(reason)
     from reconciler.spore.keys import generate_keypair

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from reconciler.clock import RealClock
 from reconciler.errors import ServiceFailed
 from reconciler.fabric import Fabric, MemoryNetwork, open_memory_fabric
 from reconciler.reconcile.service import GardenSpec, MemberConfig, ReconcileConfig, main
-from tests.helpers import async_wait_for
+from tests.helpers import NETNS_SETUP, async_wait_for, netns_skip_reason
 
 
 async def test_the_service_stops_with_service_failed_when_its_fabric_dies(tmp_path: Path) -> None:
@@ -96,29 +95,11 @@ async def test_myco_reconcile_prints_its_startup_line_without_v(tmp_path: Path) 
     assert proc.returncode == 0, rest.decode()
 
 
-#: A network namespace's set-up: loopback up, and a veth pair whose end v0 is 10.77.0.3/24.
-NETNS_SETUP = (
-    "ip link set lo up && ip link add v0 type veth peer name v1 && "
-    "ip addr add 10.77.0.3/24 dev v0 && ip link set v0 up && ip link set v1 up"
-)
-
-
-def _netns_reason() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "unshare or ip (util-linux, iproute2) is not installed"
-    probe = subprocess.run(
-        ["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True, timeout=20
-    )
-    if probe.returncode != 0:
-        return f"cannot make a network namespace: {probe.stderr.decode().strip()}"
-    return None
-
-
 async def test_a_wildcard_repo_listen_publishes_the_advertised_host(tmp_path: Path) -> None:
     """``--repo-listen 0.0.0.0:0`` without ``--repo-url``: agents are told
     ``http://<advertised host>:<port>``, not loopback. In a network namespace of its own
     (loopback and a veth end holding 10.77.0.3/24), so the wildcard reaches nothing else."""
-    reason = _netns_reason()
+    reason = netns_skip_reason()
     if reason is not None:
         pytest.skip(reason)
     garden = tmp_path / "garden"
