@@ -30,59 +30,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from reconciler.errors import AgentError
+from reconciler.spore.platforms import (
+    ANY,
+    NODE_PROBE,
+    PYTHON_PROBE,
+    node_tag,
+    python_tag,
+)
 
 log = logging.getLogger("myco.agent")
 
-ANY = "any"
 PROBE_TIMEOUT_S = 5.0
-
-#: asks the workloads' python3 about itself (one line of JSON)
-PYTHON_PROBE = (
-    "import json, platform, sys, sysconfig;"
-    "print(json.dumps({'impl': sys.implementation.name,"
-    " 'version': list(sys.version_info[:2]),"
-    " 'machine': platform.machine(),"
-    " 'libc': platform.libc_ver()[0],"
-    " 'gil_disabled': bool(sysconfig.get_config_var('Py_GIL_DISABLED'))}))"
-)
-#: asks node about itself (one line of JSON)
-NODE_PROBE = (
-    "console.log(JSON.stringify({version: process.versions.node,"
-    " platform: process.platform, arch: process.arch}))"
-)
-
-_IMPL = {"cpython": "cp", "pypy": "pp"}
 
 
 class PlatformMismatch(AgentError):
     """The spore was built for a platform this host does not run (permanent)."""
-
-
-def libc_family(libc: str) -> str:
-    """``manylinux`` for glibc, ``musllinux`` for musl (``platform.libc_ver()[0]`` is ""
-    there), as the wheel tags spell them."""
-    return "manylinux" if libc.lower() == "glibc" else "musllinux"
-
-
-def python_tag(info: dict[str, Any]) -> str:
-    """``cp311-manylinux_x86_64`` from what :data:`PYTHON_PROBE` prints; "" if unusable."""
-    impl = _IMPL.get(str(info.get("impl", "")), str(info.get("impl", ""))[:2])
-    version = info.get("version")
-    machine = str(info.get("machine", "")).lower()
-    if not impl or not machine or not isinstance(version, list) or len(version) != 2:
-        return ""
-    major, minor = version
-    threaded = "t" if info.get("gil_disabled") else ""
-    return f"{impl}{major}{minor}{threaded}-{libc_family(str(info.get('libc', '')))}_{machine}"
-
-
-def node_tag(info: dict[str, Any]) -> str:
-    """``node20-linux_x64`` from what :data:`NODE_PROBE` prints; "" if unusable."""
-    major = str(info.get("version", "")).lstrip("v").split(".", 1)[0]
-    plat, arch = str(info.get("platform", "")), str(info.get("arch", ""))
-    if not major.isdigit() or not plat or not arch:
-        return ""
-    return f"node{major}-{plat}_{arch}"
 
 
 def host_tags(python: dict[str, Any] | None, node: dict[str, Any] | None) -> tuple[str, ...]:
