@@ -14,6 +14,7 @@ succeed later (it carries a suggested ``delay``); everything else is permanent.
     ├── UsageError                 bad command-line use (exit 2)
     ├── ConfigError                a bad setting, state directory or identity file
     │   └── KeyFileError           unreadable, malformed or clobbered key file
+    ├── IdentityError(reason)      a certificate, token or signed record is refused
     ├── GardenError                a garden could not be read or is invalid
     │   ├── GardenLoadError        one file refused by the loader (size, encoding, tags...)
     │   ├── GardenInvalid          the garden has validation errors (carries them all)
@@ -61,6 +62,16 @@ class ConfigError(MycoError):
 
 class KeyFileError(ConfigError):
     """A key file cannot be read, is malformed, or would be overwritten."""
+
+
+class IdentityError(MycoError):
+    """A certificate, token or signed record is refused; ``reason`` is a short code
+    (``expired``, ``not-yet-valid``, ``wrong-ca``, ``revoked``, ``bad-signature``,
+    ``unauthorized``...) used for counting, the message says it for people."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class GardenError(MycoError):

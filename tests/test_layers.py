@@ -65,7 +65,7 @@ LAYERS: tuple[Layer, ...] = (
     ),
     _layer(
         "domain",
-        "core fabric spore repo garden",
+        "core fabric spore repo garden identity",
         "the parts the services are built from; core is pure",
     ),
     _layer(

@@ -36,6 +36,38 @@ class Change:
     version: int
 
 
+# Signed records (docs/identity.md): the engine asks a guard, which lives in
+# reconciler.identity (a part beside this one), through this protocol.
+PENDING = "no-certificate"  # admit(): the writer's certificate has not arrived yet
+CERT_PREFIX = "certs/"  # keys holding a member's certificate chain
+
+
+class RecordGuard(Protocol):
+    def sign(self, key: str, version: int, value: JSONValue) -> str:
+        """This member's signature of one of its records."""
+        ...
+
+    def admit(self, owner: str, key: str, version: int, value: JSONValue, sig: str) -> str:
+        """ "" if another member's record may be used, else why not (``PENDING``: park it)."""
+        ...
+
+    def park(self, owner: str, item: object) -> None: ...
+
+    def unpark(self, owner: str) -> list[object]: ...
+
+    def applied(self, owner: str, key: str, version: int, value: JSONValue) -> list[str]:
+        """An admitted record was stored; returns owners to hide from now on (revoked)."""
+        ...
+
+    def blocked(self, owner: str) -> bool: ...
+
+    def forget(self, owner: str) -> None: ...
+
+    def cert_record(self) -> tuple[str, dict[str, JSONValue]]:
+        """This member's ``certs/<name>`` record, published first and after a renewal."""
+        ...
+
+
 class FabricAPI(Protocol):
     @property
     def name(self) -> str:

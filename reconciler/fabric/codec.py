@@ -88,6 +88,7 @@ class Entry:
     version: int
     deleted: bool
     value: JSONValue
+    sig: str = ""  # the writer's signature (docs/identity.md); "" in a mesh without one
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -145,6 +146,8 @@ T_ENTRY, T_DIGEST, T_DELTAS, T_PUSHPULL = 8, 9, 10, 11
 
 
 def _entry_list(e: Entry) -> list[Any]:
+    if e.sig:
+        return [e.owner, e.key, e.version, 1 if e.deleted else 0, e.value, e.sig]
     return [e.owner, e.key, e.version, 1 if e.deleted else 0, e.value]
 
 
@@ -267,11 +270,17 @@ def _versions(v: object) -> dict[str, int]:
     return {_str(k): _int(x) for k, x in v.items()}
 
 
+MAX_SIG = 128
+
+
 def _entry(v: object) -> Entry:
-    if type(v) is not list or len(v) != 5:
+    if type(v) is not list or len(v) not in (5, 6):
         raise PacketError("bad entry")
     deleted = _flag(v[3])
-    return Entry(_str(v[0]), _str(v[1], MAX_KEY), _int(v[2]), deleted, None if deleted else v[4])
+    sig = _str(v[5], MAX_SIG) if len(v) == 6 else ""
+    return Entry(
+        _str(v[0]), _str(v[1], MAX_KEY), _int(v[2]), deleted, None if deleted else v[4], sig
+    )
 
 
 def _fields(m: list[Any], n: int) -> None:

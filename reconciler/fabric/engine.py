@@ -20,7 +20,7 @@ from reconciler.errors import PacketError
 
 from . import codec
 from ._queue import BroadcastQueue
-from .api import Change, JSONValue, Member
+from .api import CERT_PREFIX, PENDING, Change, JSONValue, Member, RecordGuard
 from .codec import (
     ALIVE,
     DEAD,
@@ -133,8 +133,10 @@ class Engine:
         on_change: Callable[[Change], None] | None = None,
         on_member: Callable[[Member], None] | None = None,
         seeds: Sequence[str] = (),
+        guard: RecordGuard | None = None,
     ) -> None:
         self.name = name
+        self.guard = guard
         self.transport = transport
         self.addr = transport.addr
         self.clock = clock
@@ -224,7 +226,9 @@ class Engine:
         if not key or len(key) > codec.MAX_KEY:
             raise ValueError("a key is 1..1024 characters")
         version = self.next_version()
-        entry = self.store.set_own(self.name, key, value, version, deleted)
+        g = self.guard
+        sig = g.sign(key, version, None if deleted else value) if g is not None else ""
+        entry = self.store.set_own(self.name, key, value, version, deleted, sig)
         self._recent[self.name] = self.clock.now()
         self.bq.queue(("s", self.name, key), entry)
         self._emit(Change(self.name, key, None if deleted else value, version))
@@ -238,7 +242,9 @@ class Engine:
 
     def visible(self, owner: str) -> bool:
         m = self.members.get(owner)
-        return m is not None and m.state in (ALIVE, SUSPECT)
+        if m is None or m.state not in (ALIVE, SUSPECT):
+            return False
+        return self.guard is None or not self.guard.blocked(owner)
 
     def view(
         self, prefix: str = "", include_gone: bool = False
@@ -769,18 +775,38 @@ class Engine:
                 self.store.raise_watermark(owner, mark)
 
     def _apply_entry(self, e: Entry, rebroadcast: bool) -> None:
+        g = self.guard
         if e.owner == self.name:
-            self._own_echo(e)
+            # Only a record we signed may move our versions on (a forged one with a huge
+            # version would otherwise use them up).
+            if g is None or not g.admit(e.owner, e.key, e.version, e.value, e.sig):
+                self._own_echo(e)
             return
         m = self.members.get(e.owner)
         if m is None:
             return
+        if g is not None:
+            if not self.store.newer(e):
+                return  # stale or replayed: no signature check needed
+            refused = g.admit(e.owner, e.key, e.version, e.value, e.sig)
+            if refused == PENDING:
+                g.park(e.owner, (e, rebroadcast))
+                return
+            if refused:
+                return
         if self.store.apply(e):
             self._recent[e.owner] = self.clock.now()
             if rebroadcast:
                 self.bq.queue(("s", e.owner, e.key), e)
-            if m.state in (ALIVE, SUSPECT):
+            if m.state in (ALIVE, SUSPECT) and (g is None or not g.blocked(e.owner)):
                 self._emit(Change(e.owner, e.key, None if e.deleted else e.value, e.version))
+            if g is not None:
+                for hidden in g.applied(e.owner, e.key, e.version, e.value):
+                    self._reveal(hidden, False)
+                if e.key.startswith(CERT_PREFIX):
+                    for parked in g.unpark(e.owner):
+                        assert isinstance(parked, tuple)
+                        self._apply_entry(parked[0], parked[1])
 
     def _own_echo(self, e: Entry) -> None:
         """Others hold a version of one of our keys: never let our versions go back."""
@@ -879,6 +905,8 @@ class Engine:
                 if self._addr_owner.get(m.addr) == name:
                     del self._addr_owner[m.addr]
                 self.store.drop(name)
+                if self.guard is not None:
+                    self.guard.forget(name)
         recent = now - self.cfg.recent_window
         for o in [o for o, t in self._recent.items() if t < recent]:
             del self._recent[o]

@@ -12,7 +12,7 @@ from pathlib import Path
 from reconciler.clock import Clock, RealClock
 from reconciler.errors import FabricError
 
-from .api import Change, JSONValue, Member
+from .api import Change, JSONValue, Member, RecordGuard
 from .config import FabricConfig
 from .engine import Engine, Stats
 from .keyring import Keyring
@@ -68,6 +68,7 @@ class Fabric:
         state_dir: Path | str | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        guard: RecordGuard | None = None,
     ) -> None:
         if not name or len(name) > 256:
             raise FabricError("a member name is 1..256 characters")
@@ -90,7 +91,9 @@ class Fabric:
             reserve_versions=reserve,
             on_change=self._on_change,
             seeds=seeds,
+            guard=guard,
         )
+        self.guard = guard
         self._transport = transport
         self._closed = False
         self._refused: dict[str, int] = {}  # source host -> packets refused (wrong key/cluster)
@@ -178,6 +181,9 @@ class Fabric:
     # Life cycle.
 
     def start(self) -> None:
+        if self.guard is not None:  # first, so peers can check what follows
+            key, value = self.guard.cert_record()
+            self.engine.publish(key, value)
         self.engine.start()
         self._transport.set_receiver(self._receive)  # the engine's, watched for refusals
 
@@ -196,6 +202,17 @@ class Fabric:
                     self.name,
                     host,
                 )
+
+    def identity_renewed(self) -> None:
+        """The guard holds a renewed certificate: publish it (peers check it, then use it)."""
+        if self.guard is not None:
+            key, value = self.guard.cert_record()
+            self.engine.publish(key, value)
+
+    def refused_records(self) -> dict[str, int]:
+        """Records of others refused by the guard, by reason (signature, authorization...)."""
+        counts = getattr(self.guard, "refused", None)
+        return dict(counts) if counts else {}
 
     @property
     def refused(self) -> dict[str, int]:
@@ -248,6 +265,7 @@ async def open_fabric(
     config: FabricConfig | None = None,
     advertise: str | None = None,
     leave_on_exit: bool = True,
+    guard: RecordGuard | None = None,
 ) -> AsyncIterator[Fabric]:
     """A member on the real UDP+TCP transport, joined to ``seeds``; left and stopped on exit.
 
@@ -261,7 +279,7 @@ async def open_fabric(
     try:
         fabric = Fabric(
             name, transport, config=cfg, keyring=keyring, cluster=cluster, seeds=seeds,
-            state_dir=state_dir,
+            state_dir=state_dir, guard=guard,
         )  # fmt: skip
     except BaseException:
         await transport.close()
@@ -291,6 +309,7 @@ async def open_memory_fabric(
     config: FabricConfig | None = None,
     state_dir: Path | str | None = None,
     addr: str | None = None,
+    guard: RecordGuard | None = None,
 ) -> AsyncIterator[Fabric]:
     """A member on an in-memory network (real asyncio time): for other parts' tests.
 
@@ -299,7 +318,7 @@ async def open_memory_fabric(
     transport = network.transport(addr)
     fabric = Fabric(
         name, transport, config=config or FabricConfig.local(), keyring=keyring,
-        cluster=cluster, seeds=seeds, state_dir=state_dir, clock=network.clock,
+        cluster=cluster, seeds=seeds, state_dir=state_dir, clock=network.clock, guard=guard,
     )  # fmt: skip
     fabric.start()
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from reconciler.addr import RouteProbe, choose_advertise, is_loopback, is_wildcard, parse_addr
 from reconciler.errors import FabricError
+from reconciler.fabric.api import RecordGuard
 from reconciler.fabric.config import Profile
 from reconciler.fabric.fabric import Fabric, open_fabric
 from reconciler.fabric.keyring import Keyring
@@ -77,7 +78,12 @@ class JoinSettings:
 
     @asynccontextmanager
     async def open(
-        self, name: str, *, state_dir: Path | None = None, leave_on_exit: bool = True
+        self,
+        name: str,
+        *,
+        state_dir: Path | None = None,
+        leave_on_exit: bool = True,
+        guard: RecordGuard | None = None,
     ) -> AsyncIterator[Fabric]:
         """The member ``name``, started and joined; left (if asked) and stopped on exit."""
         async with open_fabric(
@@ -90,6 +96,7 @@ class JoinSettings:
             state_dir=state_dir,
             advertise=self.advertise,
             leave_on_exit=leave_on_exit,
+            guard=guard,
         ) as fabric:
             yield fabric
 

@@ -22,6 +22,7 @@ class Item:
     version: int
     deleted: bool
     value: JSONValue
+    sig: str = ""
 
 
 class StateStore:
@@ -49,11 +50,15 @@ class StateStore:
 
     # Writing.
 
-    def set_own(self, owner: str, key: str, value: JSONValue, version: int, deleted: bool) -> Entry:
-        self._data.setdefault(owner, {})[key] = Item(version, deleted, None if deleted else value)
+    def set_own(
+        self, owner: str, key: str, value: JSONValue, version: int, deleted: bool, sig: str = ""
+    ) -> Entry:
+        self._data.setdefault(owner, {})[key] = Item(
+            version, deleted, None if deleted else value, sig
+        )
         if version > self._wm.get(owner, 0):
             self._wm[owner] = version
-        return Entry(owner, key, version, deleted, None if deleted else value)
+        return Entry(owner, key, version, deleted, None if deleted else value, sig)
 
     def apply(self, e: Entry) -> bool:
         """Store ``e`` if it is newer than what is held for its key; True if it was."""
@@ -63,8 +68,14 @@ class StateStore:
         cur = items.get(e.key)
         if cur is not None and cur.version >= e.version:
             return False
-        items[e.key] = Item(e.version, e.deleted, None if e.deleted else e.value)
+        items[e.key] = Item(e.version, e.deleted, None if e.deleted else e.value, e.sig)
         return True
+
+    def newer(self, e: Entry) -> bool:
+        """Whether ``e`` is newer than what is held for its key (checked before the costly
+        signature check, so a stale or replayed record costs a dict lookup)."""
+        cur = self._data.get(e.owner, {}).get(e.key)
+        return cur is None or cur.version < e.version
 
     def raise_watermark(self, owner: str, version: int) -> None:
         if version > self._wm.get(owner, 0):
@@ -110,8 +121,12 @@ class StateStore:
             sent_to = floor
             cut = False
             for version, key, it in fresh:
-                e = Entry(o, key, version, it.deleted, it.value)
-                size = len(dumps([o, key, version, 0, it.value])) + 1
+                e = Entry(o, key, version, it.deleted, it.value, it.sig)
+                size = (
+                    len(dumps([o, key, version, 0, it.value]))
+                    + 1
+                    + (len(it.sig) + 3 if it.sig else 0)
+                )
                 if budget is not None and used + size + len(o) + 24 > budget:
                     cut = True
                     break
