@@ -100,15 +100,48 @@ class Rollout:
     progress_deadline_s: float = 120.0
 
 
+TargetKind = Literal["p99_ms", "rps_per_instance", "inflight_per_instance"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("p99_ms", "rps_per_instance", "inflight_per_instance")
+
+
+@dataclass(frozen=True)
+class ScaleStep:
+    """One direction of scaling: how long a wish must hold, and how far one decision goes."""
+
+    stabilize_s: float = 0.0
+    max_step: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """``spec.autoscale`` (docs/autoscale.md): the reconciler sets the count from the edge's
+    signals, within ``[min, max]`` and the nutrient credits. A deployment field.
+
+    ``target_kind``/``target`` are resolved when the garden is read: without
+    ``autoscale.target`` they are ``p99_ms`` = ``slo.p99_budget_ms``.
+    """
+
+    max: int
+    min: int = 1
+    target_kind: TargetKind = "p99_ms"
+    target: float = 0.0
+    up: ScaleStep = field(default_factory=ScaleStep)
+    down: ScaleStep = field(default_factory=lambda: ScaleStep(stabilize_s=60.0))
+    to_zero_after_s: float | None = None  # None: never below ``min``
+    #: where ``autoscale.max`` is written ("path:line:col"), for warnings about it
+    where: str = field(default="", compare=False)
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Fields that never trigger a rebuild."""
 
-    instances: int = 1
+    instances: int = 1  # with ``autoscale``: the starting count
     rollout: Rollout = field(default_factory=Rollout)
     route_prefix: str = ""  # "" means "/<name>"
     depends_on: tuple[str, ...] = ()
     suspend: bool = False
+    autoscale: Autoscale | None = None
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,9 @@ class RouteRecord(_Record):
     draining: tuple[str, ...] = ()
     revision: str = ""
     rollout: dict[str, Any] = field(default_factory=dict)  # the app's rollout state (core)
+    #: an app that may be at zero (``autoscale.to_zero_after_s``): with no backend the edge
+    #: holds a request up to this long while the app wakes, instead of answering 503
+    hold_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,9 @@ class AppStatus(_Record):
     ready: int = 0
     rollout: str = ""
     revision: str = ""  # the garden revision (Git commit) this status refers to
+    #: apps with ``autoscale``: {current, desired, min, max, target, panic, last: the last
+    #: decision {at, previous, desired, want, direction, reason}, pending, warning}
+    autoscale: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -232,9 +238,13 @@ class LeaseRecord(_Record):
 
 @dataclass(frozen=True)
 class EdgeStatsRecord(_Record):
-    apps: dict[str, Any] = field(
-        default_factory=dict
-    )  # app -> {requests, errors_5xx, p50_ms, p99_ms, rps}
+    """An edge's figures of the last second (docs/autoscale.md), per app: ``requests``,
+    ``errors_5xx``, ``rps`` (answered per second), ``arrival_rps``, ``inflight`` (now),
+    ``inflight_avg``, ``p50_ms``, ``p90_ms``, ``p99_ms``, ``error_rate``,
+    ``total_requests``, ``window_s`` and, for an app held at zero, ``held``. At most
+    256 apps (the busiest); published every second while there is traffic."""
+
+    apps: dict[str, Any] = field(default_factory=dict)
     at: float = 0.0
 
 

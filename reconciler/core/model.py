@@ -53,6 +53,7 @@ class PlanConfig:
     """Knobs of the planner that are not per app."""
 
     drain_s: float = 2.0  # a retired instance stays routed-as-draining this long, then withers
+    hold_s: float = 30.0  # an app that scales to zero: how long the edge holds a request
     agent_role: str = "agent"
 
 

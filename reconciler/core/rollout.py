@@ -227,6 +227,8 @@ class _Work:
                 if (rec := self.inp.instances.get(iid)) is not None and rec.endpoint
             }
         )
+        spec = self.inp.spec
+        auto = spec.deployment.autoscale if spec is not None else None
         return RouteRecord(
             app=self.inp.name,
             prefix=self.inp.prefix,
@@ -234,6 +236,7 @@ class _Work:
             backends=tuple(backends),
             draining=tuple(draining),
             revision=self.inp.route.revision if self.inp.route else "",
+            hold_s=self.cfg.hold_s if auto is not None and auto.to_zero_after_s else 0.0,
         )
 
 

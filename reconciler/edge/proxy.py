@@ -15,11 +15,13 @@ This module does not import aiohttp or httptools: the implementations of the sea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
 
+from reconciler.aio import wait_event
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.downstream import Answer, Downstream, Headers, Upgradable, json_error
 from reconciler.edge.headers import (
@@ -69,6 +71,11 @@ class InlineDownstream(Downstream, Protocol):
         ...
 
 
+#: Requests held at most per app while it wakes from zero; more are answered 503 with
+#: Retry-After, and counted (``held_rejected`` in ``edge/stats``).
+HOLD_QUEUE = 100
+
+
 class EdgeProxy:
     """The request handler: routing, retries, outcomes and stats over one :class:`Upstream`."""
 
@@ -91,6 +98,10 @@ class EdgeProxy:
         #: the inline path's start, when the upstream has one (``EdgeUpstream``; not fakes)
         self._begin = cast(InlineUpstream, upstream).begin if hasattr(upstream, "begin") else None
         self._retry_on = config.retry.retry_on_status
+        #: set by the front end's owner: called when an app's first request is held (so
+        #: the edge publishes its signal at once and the reconciler wakes the app)
+        self.on_hold: Callable[[str], None] | None = None
+        self._routes_changed = asyncio.Event()
 
     async def serve(self, down: Downstream) -> int:
         """Proxy one request; the status answered (499: the client went away)."""
@@ -100,6 +111,7 @@ class EdgeProxy:
             return await json_error(404, "unknown app", path=down.raw_path).send(down)
         route, rest = match
         self.in_flight += 1
+        self.stats.begin(route.app)
         return await self._carry(down, route, self._request(down, route.app, rest), started)
 
     async def _carry(
@@ -142,6 +154,7 @@ class EdgeProxy:
         route, rest = match
         request = self._request(down, route.app, rest)
         self.in_flight += 1
+        self.stats.begin(route.app)
         if request.carry != "http":
             down.finish_inline(self._carry(down, route, request, started))
             return True
@@ -213,6 +226,12 @@ class EdgeProxy:
                 first = None
             else:
                 picked = route.pick(self.clock(), tried)
+                if picked is None and failure is None and route.hold_s > 0 and not route.backends:
+                    held = await self._hold(route, down.raw_path)
+                    if isinstance(held, AppRoute):
+                        route = held  # it woke: go on with its new route
+                        continue
+                    return await held.send(down)
                 if picked is None:
                     return await (failure or self._no_backend(route)).send(down)
                 backend = picked
@@ -255,6 +274,45 @@ class EdgeProxy:
                 return status
             finally:
                 response.close()
+
+    def routes_updated(self) -> None:
+        """The route table changed: held requests look again."""
+        changed, self._routes_changed = self._routes_changed, asyncio.Event()
+        changed.set()
+
+    async def _hold(self, route: AppRoute, path: str) -> AppRoute | Answer:
+        """Hold a request for an app at zero until a backend is routed (its new route), or
+        answer: the queue is full (503, Retry-After, counted), it did not wake within
+        ``hold_s`` (503), or its route went away (404)."""
+        app = route.app
+        stats = self.stats
+        held = stats.held.get(app, 0)
+        if held >= HOLD_QUEUE:
+            stats.held_rejected[app] = stats.held_rejected.get(app, 0) + 1
+            wait = max(1, int(route.hold_s / 4))
+            return json_error(
+                503, "app is waking: too many requests held", app=app, retry_after=wait
+            )
+        stats.held[app] = held + 1
+        if held == 0 and self.on_hold is not None:
+            self.on_hold(app)
+        deadline = self.clock() + route.hold_s
+        try:
+            while True:
+                left = deadline - self.clock()
+                if left <= 0 or not await wait_event(self._routes_changed, left):
+                    after = self.config.retry_after_s
+                    return json_error(503, "app did not wake in time", app=app, retry_after=after)
+                match = self.table.match(path)
+                if match is None:
+                    return json_error(404, "unknown app", path=path)
+                now_route = match[0]
+                if now_route.backends:
+                    return now_route
+                if now_route.hold_s <= 0:
+                    return self._no_backend(now_route)
+        finally:
+            stats.held[app] -= 1
 
     def _no_backend(self, route: AppRoute) -> Answer:
         wait = route.next_recovery(self.clock())

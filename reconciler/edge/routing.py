@@ -109,7 +109,7 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 class AppRoute:
     """The backends of one app that may get new requests, with their balancer state."""
 
-    __slots__ = ("app", "prefix", "backends", "draining", "epoch")
+    __slots__ = ("app", "prefix", "backends", "draining", "epoch", "hold_s")
 
     def __init__(
         self,
@@ -118,12 +118,15 @@ class AppRoute:
         backends: list[BackendState],
         draining: frozenset[str],
         epoch: int = 0,
+        hold_s: float = 0.0,
     ) -> None:
         self.app = app
         self.prefix = prefix
         self.backends = backends
         self.draining = draining
         self.epoch = epoch
+        #: with no backend at all (an app at zero), hold a request this long while it wakes
+        self.hold_s = hold_s
 
     def pick(
         self, now: float, exclude: frozenset[str] | set[str] = frozenset()
@@ -195,7 +198,7 @@ class RouteTable:
                     st.instance_id = b.instance_id
                 states[key] = st
                 live.append(st)
-            table[seg] = AppRoute(rec.app, "/" + seg, live, draining, rec.epoch)
+            table[seg] = AppRoute(rec.app, "/" + seg, live, draining, rec.epoch, rec.hold_s)
         self._by_segment = table
         self._states = states
         self.version += 1

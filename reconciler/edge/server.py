@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reconciler.aio import wait_event
 from reconciler.edge.aiofront import GuardedServer, aiohttp_handler
 from reconciler.edge.clients import HAVE_FAST_PATH, EdgeUpstream
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.proxy import EdgeProxy
 from reconciler.edge.routing import RouteTable
 from reconciler.edge.source import RouteSource
-from reconciler.edge.stats import EdgeStats
+from reconciler.edge.stats import SIGNAL_INTERVAL_S, EdgeStats
 from reconciler.errors import EdgeError
 from reconciler.records import RouteRecord
 
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("myco.edge")
 
-#: Called every stats interval with ``(apps, wall_time)``; ``apps`` is EdgeStatsRecord.apps.
+#: Called every signal interval (1 s) with ``(apps, wall_time)``; ``apps`` is
+#: EdgeStatsRecord.apps (:meth:`EdgeStats.signal`); not called again while the edge is idle.
 StatsSink = Callable[[dict[str, dict[str, Any]], float], None]
 
 
@@ -80,6 +82,7 @@ class RunningEdge:
 
     def set_routes(self, routes: Sequence[RouteRecord]) -> None:
         self.table.update(routes)
+        self.proxy.routes_updated()
 
 
 def log_stats(apps: dict[str, dict[str, Any]], at: float) -> None:
@@ -135,9 +138,11 @@ async def running_edge(
     try:
         if source is not None:
             ready = asyncio.Event()
-            routes = start("route source", source.run(table.update, ready))
+            routes = start("route source", source.run(edge.set_routes, ready))
             await _wait_ready(ready, routes, ready_timeout)
-        start("stats loop", _stats_loop(config, stats, stats_sink))
+        hold = asyncio.Event()
+        proxy.on_hold = lambda _app: hold.set()
+        start("stats loop", _stats_loop(config, stats, stats_sink, hold))
         start("pool sweep", _sweep_loop(config, clients))
         async with _front_end(edge, sock):
             log.debug("edge (%s server) listening on %s:%d", config.server, config.host, port)
@@ -212,15 +217,34 @@ async def _sweep_loop(config: EdgeConfig, clients: EdgeUpstream) -> None:
         clients.sweep()
 
 
-async def _stats_loop(config: EdgeConfig, stats: EdgeStats, sink: StatsSink | None) -> None:
+async def _stats_loop(
+    config: EdgeConfig, stats: EdgeStats, sink: StatsSink | None, hold: asyncio.Event
+) -> None:
+    """Publish the signal window every second (the autoscaler's input, ``edge/stats``) and
+    log the log window every ``stats_interval_s``.
+
+    An idle edge publishes once (an empty record: "this edge is here and sees nothing")
+    and then only when something happens again, so the fabric is not churned by idle edges.
+    ``hold`` cuts a wait short: the first request held for an app at zero is published at
+    once, so the reconciler wakes the app without waiting for the next tick.
+    """
+    tick = min(SIGNAL_INTERVAL_S, config.stats_interval_s)
+    next_log = time.monotonic() + config.stats_interval_s
+    published_empty = False
     while True:
-        await asyncio.sleep(config.stats_interval_s)
-        apps = stats.roll(time.monotonic())
-        if not apps:
+        await wait_event(hold, tick)
+        hold.clear()
+        now = time.monotonic()
+        apps = stats.signal(now)
+        if now >= next_log:
+            next_log = now + config.stats_interval_s
+            logged = stats.roll(now)
+            if logged:
+                log_stats(logged, time.time())
+        if sink is None or (not apps and published_empty):
             continue
-        log_stats(apps, time.time())
-        if sink is not None:
-            try:
-                sink(apps, time.time())
-            except Exception:  # a stats sink must never stop the proxy
-                log.exception("publishing edge stats failed")
+        published_empty = not apps
+        try:
+            sink(apps, time.time())
+        except Exception:  # a stats sink must never stop the proxy
+            log.exception("publishing edge stats failed")

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.model import (
+    TARGET_KINDS,
     AppSpec,
+    Autoscale,
     Build,
     Deployment,
     Dna,
@@ -20,8 +22,10 @@ from reconciler.model import (
     Origin,
     RestartPolicy,
     Rollout,
+    ScaleStep,
     Security,
     Slo,
+    TargetKind,
 )
 from reconciler.records import Nutrients
 
@@ -47,7 +51,45 @@ def build_of(spec: dict[str, Any]) -> Build | None:
     )
 
 
-def build_app(value: dict[str, Any], source: Path, origin: Origin) -> AppSpec:
+def autoscale_of(spec: dict[str, Any], where: str = "") -> Autoscale | None:
+    """The ``spec.autoscale`` block as :class:`Autoscale` (None without one).
+
+    The rules module has already refused what the schema cannot say (``min > max``, no
+    target and no ``slo.p99_budget_ms``); here the defaults are filled in.
+    """
+    a: dict[str, Any] | None = spec.get("autoscale")
+    if a is None:
+        return None
+    target: dict[str, Any] = a.get("target") or {}
+    kind: TargetKind = next((k for k in TARGET_KINDS if k in target), "p99_ms")
+    value = target.get(kind)
+    if value is None:  # the default target: the SLO's latency budget
+        value = (spec.get("slo") or {}).get("p99_budget_ms") or 0
+    up_d: dict[str, Any] = a.get("up") or {}
+    down_d: dict[str, Any] = a.get("down") or {}
+    up, down = ScaleStep(), Autoscale(max=1).down
+    to_zero = a.get("to_zero_after_s")
+    return Autoscale(
+        max=int(a["max"]),
+        min=int(a.get("min", 1)),
+        target_kind=kind,
+        target=float(value),
+        up=ScaleStep(
+            _f(up_d, "stabilize_s", up.stabilize_s), int(up_d.get("max_step", up.max_step))
+        ),
+        down=ScaleStep(
+            _f(down_d, "stabilize_s", down.stabilize_s),
+            int(down_d.get("max_step", down.max_step)),
+        ),
+        to_zero_after_s=float(to_zero) if to_zero is not None else None,
+        where=where,
+    )
+
+
+def build_app(
+    value: dict[str, Any], source: Path, origin: Origin, autoscale_at: str = ""
+) -> AppSpec:
+    """``autoscale_at``: where ``spec.autoscale.max`` is written (for later warnings)."""
     meta: dict[str, Any] = value["metadata"]
     spec: dict[str, Any] = value["spec"]
     name: str = meta["name"]
@@ -103,6 +145,7 @@ def build_app(value: dict[str, Any], source: Path, origin: Origin) -> AppSpec:
         route_prefix=spec.get("route", {}).get("prefix", ""),
         depends_on=tuple(spec.get("depends_on", ())),
         suspend=bool(spec.get("suspend", False)),
+        autoscale=autoscale_of(spec, autoscale_at),
     )
     labels = tuple(sorted(meta.get("labels", {}).items()))
     return AppSpec(name=name, dna=dna, deployment=deployment, labels=labels, origin=origin)

@@ -16,7 +16,7 @@ from pathlib import Path
 from reconciler.errors import GardenInvalid, GardenLoadError, GardenSourceError
 from reconciler.garden.build import build_app
 from reconciler.garden.loader import MAX_FILE_BYTES, Document, Pointer, decode, load_text
-from reconciler.garden.rules import Entry, check_garden
+from reconciler.garden.rules import Entry, check_garden, check_spec
 from reconciler.garden.schema import Problem, check_document, document_name
 from reconciler.model import AppSpec, Garden, Origin
 
@@ -78,6 +78,20 @@ def _walk(root: str) -> list[str]:
                 out.append(os.path.join(rel, name) if rel else name)
     out.sort()
     return out
+
+
+def document_problems(doc: Document) -> list[Problem]:
+    """The schema's problems of one document, then (if none) the rules within it."""
+    return check_document(doc) or check_spec(doc)
+
+
+def autoscale_at(doc: Document) -> str:
+    """``path:line:col`` of ``spec.autoscale.max`` ("" without autoscale)."""
+    ptr: Pointer = ("spec", "autoscale", "max")
+    if ptr not in doc.values:
+        return ""
+    mark = doc.value_mark(ptr)
+    return f"{doc.path}:{mark.line}:{mark.col}"
 
 
 def check_source(
@@ -173,7 +187,7 @@ class GardenReader:
                 entry.load_problem = Problem(shown, exc.line, exc.col, exc.message)
             else:
                 entry.docs = [
-                    _DocState(doc, check_document(doc), document_name(doc)) for doc in docs
+                    _DocState(doc, document_problems(doc), document_name(doc)) for doc in docs
                 ]
         self._cache[rel] = entry
         return entry
@@ -202,7 +216,8 @@ class GardenReader:
             return bad
         doc = state.doc
         state.source, state.locks = str(resolved), locks
-        state.app = build_app(doc.value, resolved, Origin(doc.path, doc.start.line, doc.start.col))
+        origin = Origin(doc.path, doc.start.line, doc.start.col)
+        state.app = build_app(doc.value, resolved, origin, autoscale_at(doc))
         return None
 
     def read(self, revision: str | None = None, source: str = "") -> GardenResult:
@@ -285,7 +300,7 @@ def read_app_file(path: Path, repo_root: Path | None = None) -> list[AppSpec]:
     entries: list[Entry] = []
     apps: list[AppSpec] = []
     for doc in docs:
-        doc_problems = check_document(doc)
+        doc_problems = document_problems(doc)
         if not doc_problems:
             source_path, bad = check_source(doc, path, rr)
             if bad is None:
@@ -296,7 +311,7 @@ def read_app_file(path: Path, repo_root: Path | None = None) -> list[AppSpec]:
             else:
                 assert source_path is not None
                 origin = Origin(shown, doc.start.line, doc.start.col)
-                apps.append(build_app(doc.value, source_path, origin))
+                apps.append(build_app(doc.value, source_path, origin, autoscale_at(doc)))
         problems.extend(doc_problems)
         name = document_name(doc)
         if name is not None:

@@ -1,5 +1,7 @@
-"""Cross-document rules a JSON Schema cannot say: unique names and route prefixes,
-``depends_on`` targets that exist and form no cycle. Pure: documents in, problems out.
+"""Rules a JSON Schema cannot say. Across documents: unique names and route prefixes,
+``depends_on`` targets that exist and form no cycle. Within one schema-valid document
+(:func:`check_spec`): ``spec.autoscale``'s bounds and target. Pure: documents in, problems
+out.
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.garden.loader import Document, Mark, Pointer
 from reconciler.garden.schema import Problem
@@ -23,6 +26,41 @@ class Entry:
 
 def _at(doc: Document, mark: Mark) -> str:
     return f"{doc.path}:{mark.line}"
+
+
+def check_spec(doc: Document) -> list[Problem]:
+    """The checks of one schema-valid document that relate several of its fields."""
+    out: list[Problem] = []
+    spec = doc.value.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("autoscale"), dict):
+        return out
+    auto: dict[str, Any] = spec["autoscale"]
+
+    def add(ptr: Pointer, message: str) -> None:
+        mark = doc.value_mark(ptr)
+        out.append(Problem(doc.path, mark.line, mark.col, message))
+
+    lo, hi = auto.get("min", 1), auto["max"]
+    if lo > hi:
+        add(("spec", "autoscale", "min"), f"spec.autoscale: min {lo} is greater than max {hi}")
+    elif "instances" in spec and not lo <= spec["instances"] <= hi:
+        add(
+            ("spec", "instances"),
+            f"spec.instances: {spec['instances']} is outside spec.autoscale's range {lo}..{hi}"
+            " (with autoscale, instances is the starting count)",
+        )
+    if not auto.get("target") and not (spec.get("slo") or {}).get("p99_budget_ms"):
+        mark = doc.key_mark(("spec", "autoscale"))
+        out.append(
+            Problem(
+                doc.path,
+                mark.line,
+                mark.col,
+                "spec.autoscale: no target: set autoscale.target (p99_ms, rps_per_instance or "
+                "inflight_per_instance) or slo.p99_budget_ms",
+            )
+        )
+    return out
 
 
 def check_garden(entries: Sequence[Entry]) -> dict[str, list[Problem]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from .status import AppView, MeshStatus, NodeView
 
@@ -39,6 +40,31 @@ def _short(revision: str) -> str:
 def _node_state(n: NodeView) -> str:
     flags = (",draining" if n.draining else "") + (",INSECURE" if n.insecure else "")
     return n.state + flags
+
+
+def _target(target: object) -> str:
+    if not isinstance(target, dict) or not target:
+        return "-"
+    kind, value = next(iter(target.items()))
+    unit = {"p99_ms": "p99 {}ms", "rps_per_instance": "{} rps/inst"}
+    return unit.get(str(kind), "{} in flight/inst").format(
+        f"{value:g}" if isinstance(value, int | float) else value
+    )
+
+
+def _decision(block: dict[str, Any]) -> str:
+    """The last change of the count and why, then what holds the count now."""
+    words = []
+    last = block.get("last")
+    if isinstance(last, dict):
+        move = f"{last.get('previous', '?')}->{last.get('desired', '?')}"
+        words.append(f"{last.get('direction', '?')} {move}: {last.get('reason', '')}")
+    for key in ("blocked", "pending", "warning"):
+        if block.get(key):
+            words.append(str(block[key]))
+    if block.get("panic"):
+        words.append("panic")
+    return "; ".join(words) or "-"
 
 
 def render_text(st: MeshStatus) -> str:
@@ -95,6 +121,27 @@ def render_text(st: MeshStatus) -> str:
             ],
         )
     )
+    scaled = [a for a in st.apps if a.autoscale]
+    if scaled:
+        parts.append("")
+        parts.append("AUTOSCALE")
+        parts.append(
+            table(
+                ("NAME", "CURRENT", "DESIRED", "MIN", "MAX", "TARGET", "LAST DECISION"),
+                [
+                    (
+                        a.name,
+                        str(a.autoscale.get("current", a.ready)),
+                        str(a.autoscale.get("desired", a.desired)),
+                        str(a.autoscale.get("min", "-")),
+                        str(a.autoscale.get("max", "-")),
+                        _target(a.autoscale.get("target")),
+                        _decision(a.autoscale),
+                    )
+                    for a in scaled
+                ],
+            )
+        )
     parts.append("")
     parts.append("INSTANCES")
     parts.append(

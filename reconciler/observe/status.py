@@ -65,6 +65,8 @@ class AppView:
     rps: float = 0.0
     error_rate: float = 0.0
     p99_ms: float = 0.0
+    #: apps with ``autoscale``: the reconciler's block (AppStatus.autoscale); {} otherwise
+    autoscale: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def instances(self) -> int:
@@ -261,6 +263,7 @@ def _apps(
                     ready=st.ready,
                     rollout=st.rollout,
                     spec_digest=st.spec_digest,
+                    autoscale=st.autoscale if isinstance(st.autoscale, dict) else {},
                     **common,
                 )
             )

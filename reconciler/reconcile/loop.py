@@ -8,7 +8,10 @@ Tasks, all owned by one TaskGroup:
   reads the whole view, the signal only says "look");
 * *lease*: keeps or waits for the lease (see :mod:`.lease`);
 * *plan*: while active, plan and publish whenever woken or when the plan's own timer
-  (``Actions.wakeup``) is due, and at least every ``resync_s``.
+  (``Actions.wakeup``) is due, and at least every ``resync_s``. Before each plan the
+  autoscaler (:class:`~reconciler.core.autoscale.Autoscaler`, pure) turns the edges'
+  ``edge/stats`` records into the counts of the apps with ``autoscale`` (the edges
+  publish every second while there is traffic, which wakes the plan loop).
 
 Signal handlers and callbacks only set the wake event; the plan loop is the one consumer.
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.aio import first_error, guard, wait_event
+from reconciler.core.autoscale import Autoscaler, annotate
 from reconciler.core.model import (
     Actions,
     Actual,
@@ -44,7 +48,14 @@ from reconciler.reconcile.builder import Overrides, SporeBuilder, desired_from
 from reconciler.reconcile.lease import Lease, LeaseConfig
 from reconciler.reconcile.mirror import FabricMirror
 from reconciler.reconcile.source import GardenSource
-from reconciler.records import KEY_GARDEN, GardenRevisionRecord, intents_key, plain, routes_key
+from reconciler.records import (
+    KEY_EDGE_STATS,
+    KEY_GARDEN,
+    GardenRevisionRecord,
+    intents_key,
+    plain,
+    routes_key,
+)
 
 if TYPE_CHECKING:
     from reconciler.observe.metrics import Metrics
@@ -114,6 +125,7 @@ class ReconcileLoop:
         self.lease = Lease(fabric, self.settings.lease, wall=wall, on_change=self.wake.set)
         self.mirror = FabricMirror(fabric)
         self.planner = Planner(self.settings.plan)
+        self.autoscaler = Autoscaler()
         self.garden: GardenResult | None = None
         self.desired: Desired | None = None
         self.statuses: dict[str, Status] = {}
@@ -181,13 +193,14 @@ class ReconcileLoop:
             self.adopt_overrides()
         actual = self.mirror.actual(self.lease.epoch, adopt=self._adopt)
         now = self.wall()
-        actions, statuses = self.planner.plan(self.desired, actual, now, full=self._adopt)
+        desired = self.autoscale(actual, now)
+        actions, statuses = self.planner.plan(desired, actual, now, full=self._adopt)
         self._adopt = False
         after = actual.apply(actions)
         self.publish(actions, after)
         if actions.rollouts or not self.history:
             history.record(self.history, after.rollouts, self.desired, now)
-        self.statuses = statuses
+        self.statuses = annotate(statuses, self.autoscaler.states, desired)
         self.publish_garden()
         self.last_actions = actions
         self.passes += 1
@@ -198,6 +211,27 @@ class ReconcileLoop:
         if not actions.empty:
             log.info("pass %d: published %s", self.passes, actions.summary())
         return actions
+
+    def autoscale(self, actual: Actual, now: float) -> Desired:
+        """The desired state with the autoscaled apps' counts decided from the edges."""
+        assert self.desired is not None
+        records = [
+            value
+            for (_owner, key), value in self.fabric.view(KEY_EDGE_STATS).items()
+            if key == KEY_EDGE_STATS
+        ]
+        desired, decisions = self.autoscaler.apply(self.desired, actual, records, now)
+        for app, d in decisions.items():
+            if d.direction != "hold":
+                log.info(
+                    "autoscale %s: %d -> %d: %s%s",
+                    app,
+                    d.previous,
+                    d.desired,
+                    d.reason,
+                    f"; {d.pending}" if d.pending else "",
+                )
+        return desired
 
     def publish(self, actions: Actions, after: Actual) -> None:
         for node, rec in actions.intents.items():

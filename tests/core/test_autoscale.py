@@ -1,0 +1,477 @@
+"""The autoscaling decisions (reconciler/core/autoscale.py): tables and properties."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.core.autoscale import (
+    Autoscaler,
+    ScaleState,
+    Signal,
+    decide,
+    fits,
+    merge_signals,
+)
+from reconciler.core.model import Actual
+from reconciler.core.plan import Planner
+from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
+from reconciler.model import Autoscale, ScaleStep
+from reconciler.records import Nutrients
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def rps_target(
+    lo: int = 1,
+    hi: int = 10,
+    per: float = 100.0,
+    up: ScaleStep | None = None,
+    down: ScaleStep | None = None,
+    to_zero: float | None = None,
+) -> Autoscale:
+    return Autoscale(
+        max=hi,
+        min=lo,
+        target_kind="rps_per_instance",
+        target=per,
+        up=up or ScaleStep(),
+        down=down or ScaleStep(stabilize_s=0.0),
+        to_zero_after_s=to_zero,
+    )
+
+
+def at(count: int, now: float = 0.0, **kw: object) -> ScaleState:
+    """A state that has run ``count`` instances with a long history."""
+    return ScaleState(count=count, started=now - 1000, last_request=now, changed=now - 1000, **kw)  # type: ignore[arg-type]
+
+
+def load(rps: float, *, p99: float = 0.0, done: float | None = None, n: int = 1000) -> Signal:
+    return Signal(
+        rps=rps,
+        done_rps=rps if done is None else done,
+        inflight=0.0,
+        p99_ms=p99,
+        requests=n if rps else 0,
+        edges=1,
+    )
+
+
+# -- the ratio targets: tolerance, bounds, steps, credits ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "rps", "expected", "why"),
+    [
+        (4, 400.0, 4, "exactly on target"),
+        (4, 430.0, 4, "+7.5 %: inside the ±10 % tolerance"),
+        (4, 370.0, 4, "-7.5 %: inside the tolerance"),
+        (4, 450.0, 5, "+12.5 %: one more"),
+        (4, 1000.0, 10, "ceil(1000 / 100)"),
+        (4, 5000.0, 10, "never above max"),
+        (4, 100.0, 1, "down to what the load needs"),
+        (4, 0.0, 1, "no load: min"),
+        (1, 101.0, 1, "one instance at +1 %: tolerance"),
+        (1, 115.0, 2, "one instance at +15 %"),
+    ],
+)
+def test_rps_target_table(count: int, rps: float, expected: int, why: str) -> None:
+    got = decide(rps_target(), at(count), load(rps), 0.0, ready=count, start=count, fit=100)
+    assert got.count == expected, why
+
+
+@pytest.mark.parametrize(
+    ("auto", "count", "rps", "fit", "expected", "pending"),
+    [
+        (rps_target(lo=3), 5, 0.0, 100, 3, False),  # min holds with no load
+        (rps_target(hi=6), 2, 900.0, 100, 6, False),  # max holds
+        (rps_target(up=ScaleStep(0, 2)), 2, 900.0, 100, 4, False),  # up step
+        (rps_target(down=ScaleStep(0, 3)), 9, 100.0, 100, 6, False),  # down step
+        (rps_target(), 2, 900.0, 5, 5, True),  # credits for 5 only
+        (rps_target(), 4, 900.0, 2, 4, True),  # credits for fewer than run: keep them
+        (rps_target(), 4, 100.0, 2, 1, False),  # credits never stop a scale-down
+    ],
+)
+def test_bounds_steps_and_credits(
+    auto: Autoscale, count: int, rps: float, fit: int, expected: int, pending: bool
+) -> None:
+    got = decide(auto, at(count), load(rps), 0.0, ready=count, start=count, fit=fit)
+    assert got.count == expected
+    assert got.decision is not None
+    assert got.decision.pending.startswith("Pending: no credits") is pending
+
+
+def test_inflight_target_uses_the_average_in_flight() -> None:
+    auto = replace(rps_target(), target_kind="inflight_per_instance", target=8.0)
+    sig = Signal(rps=50.0, inflight=40.0, requests=50, edges=1)
+    assert decide(auto, at(2), sig, 0.0, ready=2, start=2, fit=100).count == 5
+
+
+def test_the_first_decision_starts_from_the_start_count_within_bounds() -> None:
+    auto = rps_target(lo=2, hi=4)
+    quiet = replace(load(0.0), edges=0)
+    assert decide(auto, None, quiet, 0.0, ready=0, start=1, fit=9).count == 2
+    assert decide(auto, None, quiet, 0.0, ready=0, start=9, fit=9).count == 4
+    assert decide(auto, None, quiet, 0.0, ready=0, start=3, fit=9).count == 3
+
+
+def test_no_edge_means_no_decision_and_says_why() -> None:
+    got = decide(rps_target(), at(3), Signal(edges=0), 0.0, ready=3, start=3, fit=9)
+    assert got.count == 3
+    assert got.decision is not None
+    assert "no edge" in got.decision.reason
+
+
+# -- stabilization and panic ---------------------------------------------------------
+
+
+def run(
+    auto: Autoscale,
+    signals: list[Signal],
+    *,
+    count: int = 2,
+    step: float = 1.0,
+    fit: int = 100,
+    state: ScaleState | None = None,
+) -> list[int]:
+    """Decide once per ``step`` seconds (instances ready at once); the counts."""
+    st_ = state or at(count)
+    out = []
+    for i, sig in enumerate(signals):
+        st_ = decide(auto, st_, sig, i * step, ready=st_.count, start=count, fit=fit)
+        out.append(st_.count)
+    return out
+
+
+def test_up_waits_for_its_window_and_down_for_its_own() -> None:
+    auto = rps_target(up=ScaleStep(3.0, 0), down=ScaleStep(5.0, 0))
+    counts = run(auto, [load(300.0)] * 5 + [load(100.0)] * 8)
+    # 3 wished from t=0: granted at t=3; 1 wished from t=5: granted at t=10
+    assert counts == [2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1]
+
+
+def test_a_spike_shorter_than_the_up_window_changes_nothing() -> None:
+    auto = rps_target(up=ScaleStep(3.0, 0))
+    # 350 rps on 2: 1.75 x the target, no panic
+    assert run(auto, [load(200.0)] * 3 + [load(350.0)] * 2 + [load(200.0)] * 5) == [2] * 10
+
+
+def test_a_dip_shorter_than_the_down_window_changes_nothing() -> None:
+    auto = rps_target(down=ScaleStep(5.0, 0))
+    assert run(auto, [load(400.0), load(100.0), load(100.0), load(400.0)], count=4) == [4] * 4
+
+
+def test_down_needs_a_full_window_of_history() -> None:
+    auto = rps_target(down=ScaleStep(5.0, 0))
+    fresh = ScaleState(count=4, started=0.0, last_request=0.0)
+    assert run(auto, [load(100.0)] * 7, state=fresh) == [4, 4, 4, 4, 4, 1, 1]
+
+
+def test_panic_skips_the_up_window_and_holds_scaling_down() -> None:
+    auto = rps_target(up=ScaleStep(10.0, 0), down=ScaleStep(5.0, 0))
+    # 2 instances, 500 rps: 2.5 x the target, panic: up at once
+    counts = run(auto, [load(500.0)] + [load(100.0)] * 9)
+    assert counts[0] == 5
+    assert counts[1:5] == [5] * 4  # panic: no way down for the down window
+    assert counts[-1] == 1
+
+
+# -- scale to zero -------------------------------------------------------------------
+
+
+def test_scale_to_zero_and_wake() -> None:
+    auto = rps_target(to_zero=10.0)
+    idle = load(0.0)
+    counts = run(auto, [load(50.0)] + [idle] * 12, count=1)
+    assert counts[:10] == [1] * 10
+    assert counts[11] == 0  # 10 s after the last request
+    st_ = ScaleState(count=0, started=0.0, last_request=0.0)
+    woken = decide(auto, st_, Signal(held=1, edges=1), 30.0, ready=0, start=0, fit=9)
+    assert woken.count == 1
+    assert woken.decision is not None
+    assert woken.decision.reason.startswith("woken")
+    # and it does not go back to zero straight away
+    again = decide(auto, woken, load(0.0), 31.0, ready=1, start=0, fit=9)
+    assert again.count == 1
+
+
+def test_without_to_zero_an_idle_app_keeps_min() -> None:
+    assert run(rps_target(lo=2), [load(0.0)] * 30, count=3)[-1] == 2
+
+
+# -- the latency target --------------------------------------------------------------
+
+
+def app_model(capacity: float, budget: float) -> object:
+    """An app whose instances each answer ``capacity`` rps; its p99 grows as they fill."""
+
+    def p99(rps: float, n: int) -> Signal:
+        if n == 0:
+            return Signal(rps=rps, held=int(rps), edges=1)
+        util = rps / (capacity * n)
+        served = min(rps, capacity * n)
+        latency = budget * 0.2 / max(0.01, 1 - util) if util < 1 else budget * 10
+        return Signal(
+            rps=rps, done_rps=served, p99_ms=round(latency, 3), requests=int(served), edges=1
+        )
+
+    return p99
+
+
+def drive(auto: Autoscale, model: object, rps: list[float], count: int) -> list[int]:
+    st_ = at(count)
+    out = []
+    for i, r in enumerate(rps):
+        sig = model(r, st_.count)  # type: ignore[operator]
+        st_ = decide(auto, st_, sig, float(i), ready=st_.count, start=count, fit=1000)
+        out.append(st_.count)
+    return out
+
+
+P99 = Autoscale(max=20, min=1, target_kind="p99_ms", target=100.0, down=ScaleStep(30.0, 0))
+
+
+def test_p99_step_from_20_to_400_rps_settles_near_the_need() -> None:
+    model = app_model(capacity=100.0, budget=100.0)
+    counts = drive(P99, model, [20.0] * 30 + [400.0] * 120, count=1)
+    assert counts[29] == 1
+    assert counts[30] >= 5  # at once (panic), not one by one
+    steady = counts[60:]
+    assert len(set(steady)) == 1, steady
+    assert 4 <= steady[0] <= 6  # the minimum meeting the budget is 4 (at 80 % load: 5)
+
+
+def test_p99_load_drop_scales_down_after_the_window() -> None:
+    model = app_model(capacity=100.0, budget=100.0)
+    counts = drive(P99, model, [400.0] * 60 + [50.0] * 60, count=5)
+    assert counts[59] >= 5
+    assert counts[60 + 29] == counts[59]  # the down window
+    assert counts[-1] == 1
+
+
+def test_p99_without_enough_answers_holds() -> None:
+    sig = Signal(rps=3.0, done_rps=3.0, p99_ms=900.0, requests=3, edges=1)
+    got = decide(P99, at(3), sig, 0.0, ready=3, start=3, fit=9)
+    assert got.count == 3
+
+
+def test_p99_a_never_loaded_app_probes_down_but_not_past_a_known_overload() -> None:
+    model = app_model(capacity=100.0, budget=100.0)
+    counts = drive(replace(P99, down=ScaleStep(5.0, 0)), model, [150.0] * 200, count=6)
+    # it tries one less while the p99 is far under budget, finds the overload at 1,
+    # goes back up and stays: one reversal, then steady
+    assert counts[-1] == counts[-60]
+    assert 2 <= counts[-1] <= 3
+    assert reversals(counts) <= 1
+
+
+def reversals(counts: list[int]) -> int:
+    moves = [b - a for a, b in zip(counts, counts[1:], strict=False) if b != a]
+    return sum(1 for x, y in zip(moves, moves[1:], strict=False) if (x > 0) != (y > 0))
+
+
+# -- merging the edges' records ------------------------------------------------------
+
+
+def test_merge_adds_rates_takes_the_worst_p99_and_reads_old_records() -> None:
+    edges = [
+        {
+            "apps": {
+                "a": {
+                    "arrival_rps": 10.0,
+                    "rps": 9.0,
+                    "inflight_avg": 2.0,
+                    "requests": 9,
+                    "p99_ms": 40.0,
+                },
+                "b": {"rps": 5.0, "requests": 0, "p99_ms": 999.0, "held": 2},
+            }
+        },
+        {"apps": {"a": {"rps": 20.0, "inflight": 3, "requests": 20, "p99_ms": 30.0}}},
+        {"apps": {"a": "junk", "c": {"rps": "x", "requests": -1, "p99_ms": float("nan")}}},
+        "not a record",
+        {"apps": {}},
+    ]
+    count, sig = merge_signals(edges)
+    assert count == 4
+    assert sig["a"] == Signal(
+        rps=30.0, done_rps=29.0, inflight=5.0, p99_ms=40.0, requests=29, edges=4
+    )
+    assert sig["b"].p99_ms == 0.0  # no answers: its p99 means nothing
+    assert sig["b"].held == 2
+    assert sig["c"] == Signal(edges=4)
+
+
+def test_fits_counts_whole_instances_per_node() -> None:
+    free = {"n1": Nutrients(1000, 1000), "n2": Nutrients(450, 10_000), "n3": Nutrients(-5, 9)}
+    assert fits(free, Nutrients(200, 300)) == 3 + 2 + 0
+
+
+# -- the autoscaler between plans ----------------------------------------------------
+
+
+def autoscaled_app(name: str = "web", instances: int = 2, hi: int = 8) -> object:
+    app = make_app(name, instances)
+    dep = replace(app.spec.deployment, autoscale=rps_target(hi=hi))
+    return replace(app, spec=replace(app.spec, deployment=dep))
+
+
+def stats(rps: float) -> dict[str, object]:
+    return {"apps": {"web": {"arrival_rps": rps, "rps": rps, "requests": int(rps)}}}
+
+
+def test_autoscaler_sets_the_count_the_plan_sees_and_keeps_objects_when_nothing_changes() -> None:
+    app = autoscaled_app()
+    other = make_app("plain", 3)
+    desired = make_desired(app, other)  # type: ignore[arg-type]
+    actual = Actual(nodes=make_nodes(3))
+    scaler = Autoscaler()
+    out, decisions = scaler.apply(desired, actual, [stats(200.0)], 0.0)
+    assert out is desired  # 2 instances for 200 rps: nothing to change
+    assert decisions["web"].direction == "hold"
+    assert "plain" not in decisions
+    out, decisions = scaler.apply(desired, actual, [stats(500.0)], 1.0)
+    assert out.apps["web"].spec.deployment.instances == 5
+    assert out.apps["plain"] is desired.apps["plain"]
+    assert decisions["web"].direction == "up"
+    again, _ = scaler.apply(desired, actual, [stats(500.0)], 2.0)
+    assert again.apps is out.apps  # the planner diffs by identity
+
+
+def test_autoscaler_caps_by_credits_and_warns_of_max_beyond_the_mesh() -> None:
+    app = autoscaled_app(hi=50)
+    desired = make_desired(app)  # type: ignore[arg-type]
+    # 2 nodes of 1000m: 10 instances of 100m in all
+    actual = Actual(nodes=make_nodes(2, cpu_milli=500))
+    out, decisions = Autoscaler().apply(desired, actual, [stats(4000.0)], 0.0)
+    d = decisions["web"]
+    assert out.apps["web"].spec.deployment.instances == 10
+    assert d.pending == "Pending: no credits: wants 40, the credits place 10"
+    assert "autoscale.max 50 is beyond the mesh's credits: 10 instance(s)" in d.warning
+
+
+def test_autoscaled_counts_reach_the_plan() -> None:
+    app = autoscaled_app()
+    desired = make_desired(app)  # type: ignore[arg-type]
+    actual = Actual(nodes=make_nodes(3))
+    planner, scaler = Planner(), Autoscaler()
+    for i, rps in enumerate([200.0] * 3 + [700.0] * 3):
+        scaled, _ = scaler.apply(desired, actual, [stats(rps)], float(i))
+        actions, statuses = planner.plan(scaled, actual, float(i))
+        actual = agents_step(actual.apply(actions), float(i))
+    placed = sum(1 for rec in actual.intents.values() for x in rec.instances if x.app == "web")
+    assert placed == 7
+    assert statuses["web"].desired == 7
+
+
+# -- properties ----------------------------------------------------------------------
+
+autoscale_st = st.builds(
+    lambda lo, span, kind, per, up_s, up_step, down_s, down_step: Autoscale(
+        max=lo + span,
+        min=lo,
+        target_kind=kind,
+        target=per,
+        up=ScaleStep(up_s, up_step),
+        down=ScaleStep(down_s, down_step),
+    ),
+    st.integers(1, 5),
+    st.integers(0, 15),
+    st.sampled_from(["rps_per_instance", "inflight_per_instance", "p99_ms"]),
+    st.floats(1.0, 200.0),
+    st.sampled_from([0.0, 2.0, 10.0]),
+    st.integers(0, 3),
+    st.sampled_from([0.0, 5.0, 30.0]),
+    st.integers(0, 3),
+)
+signal_st = st.builds(
+    lambda rps, served, inflight, p99, n, edges: Signal(
+        rps=rps,
+        done_rps=rps * served,
+        inflight=inflight,
+        p99_ms=p99,
+        requests=n,
+        edges=edges,
+    ),
+    st.floats(0.0, 5000.0),
+    st.floats(0.2, 1.2),
+    st.floats(0.0, 200.0),
+    st.floats(0.0, 2000.0),
+    st.integers(0, 2000),
+    st.integers(0, 2),
+)
+
+
+@SETTINGS
+@given(
+    auto=autoscale_st,
+    start=st.integers(0, 30),
+    fit=st.integers(0, 40),
+    signals=st.lists(signal_st, min_size=1, max_size=40),
+)
+def test_bounds_always_hold(auto: Autoscale, start: int, fit: int, signals: list[Signal]) -> None:
+    st_: ScaleState | None = None
+    for i, sig in enumerate(signals):
+        before = st_.count if st_ is not None else max(auto.min, min(auto.max, start))
+        st_ = decide(auto, st_, sig, float(i), ready=before, start=start, fit=fit)
+        assert auto.min <= st_.count <= auto.max
+        assert st_.count <= max(before, fit)  # never beyond the credits (what runs stays)
+        if auto.up.max_step:
+            assert st_.count <= before + auto.up.max_step
+        if auto.down.max_step:
+            assert st_.count >= before - auto.down.max_step
+
+
+@SETTINGS
+@given(auto=autoscale_st, count=st.integers(1, 20), sig=signal_st, seconds=st.integers(5, 90))
+def test_steady_load_never_flaps(auto: Autoscale, count: int, sig: Signal, seconds: int) -> None:
+    """The same signal again and again moves the count one way only (then it rests)."""
+    st_ = at(count)
+    counts = []
+    for i in range(seconds):
+        st_ = decide(auto, st_, sig, float(i), ready=st_.count, start=count, fit=1000)
+        counts.append(st_.count)
+    assert reversals(counts) == 0
+
+
+@SETTINGS
+@given(
+    auto=autoscale_st,
+    count=st.integers(1, 20),
+    sig=signal_st,
+    more=st.floats(0.0, 3000.0),
+)
+def test_more_load_never_means_fewer_instances(
+    auto: Autoscale, count: int, sig: Signal, more: float
+) -> None:
+    state = at(count, now=100.0, wishes=((0.0, count),))
+    heavier = replace(
+        sig, rps=sig.rps + more, done_rps=sig.done_rps + more, inflight=sig.inflight + more
+    )
+    light = decide(auto, state, sig, 100.0, ready=count, start=count, fit=1000)
+    heavy = decide(auto, state, heavier, 100.0, ready=count, start=count, fit=1000)
+    assert heavy.count >= light.count
+
+
+@SETTINGS
+@given(
+    capacity=st.floats(20.0, 300.0),
+    rps=st.floats(1.0, 2000.0),
+    count=st.integers(1, 20),
+)
+def test_latency_target_under_steady_load_settles(capacity: float, rps: float, count: int) -> None:
+    """Against a model app, the count comes to rest, meets the budget, and does not
+    overshoot the need by more than half (or one instance)."""
+    auto = replace(P99, max=100, down=ScaleStep(10.0, 0))
+    model = app_model(capacity=capacity, budget=100.0)
+    counts = drive(auto, model, [rps] * 240, count=count)
+    tail = counts[-30:]
+    assert len(set(tail)) == 1, counts
+    need = math.ceil(rps / capacity)
+    assert tail[0] >= need
+    assert reversals(counts) <= 1
+    assert tail[0] <= max(need + 1, math.ceil(need * 1.5)) or tail[0] <= count
