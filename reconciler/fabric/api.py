@@ -43,8 +43,8 @@ CERT_PREFIX = "certs/"  # keys holding a member's certificate chain
 
 
 class RecordGuard(Protocol):
-    def sign(self, key: str, version: int, value: JSONValue) -> str:
-        """This member's signature of one of its records."""
+    def sign(self, owner: str, key: str, version: int, value: JSONValue) -> str:
+        """This member's signature of one of its records (``owner``: this member's name)."""
         ...
 
     def admit(self, owner: str, key: str, version: int, value: JSONValue, sig: str) -> str:

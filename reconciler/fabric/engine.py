@@ -227,11 +227,16 @@ class Engine:
             raise ValueError("a key is 1..1024 characters")
         version = self.next_version()
         g = self.guard
-        sig = g.sign(key, version, None if deleted else value) if g is not None else ""
+        sig = g.sign(self.name, key, version, None if deleted else value) if g is not None else ""
         entry = self.store.set_own(self.name, key, value, version, deleted, sig)
         self._recent[self.name] = self.clock.now()
         self.bq.queue(("s", self.name, key), entry)
         self._emit(Change(self.name, key, None if deleted else value, version))
+        if g is not None and not key.startswith(CERT_PREFIX):
+            # Learn from our own records as from others' (a reconciler's own revocation
+            # list hides the revoked members here too).
+            for hidden in g.applied(self.name, key, version, None if deleted else value):
+                self._reveal(hidden, False)
         return version
 
     def get(self, owner: str, key: str) -> JSONValue:

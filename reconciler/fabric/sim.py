@@ -1,6 +1,9 @@
 """A whole cluster on virtual time and the in-memory network: tests and the simulator.
 
 The members run the real :class:`~.engine.Engine`; only time and the network are fake.
+A member may be given a :class:`~.api.RecordGuard` (signed records, docs/identity.md);
+its certificate record is then published before anything else, as :class:`~.fabric.Fabric`
+does.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from pathlib import Path
 
 from reconciler.clock import VirtualClock
 
-from .api import Change, Member
+from .api import Change, Member, RecordGuard
 from .config import FabricConfig
 from .engine import Engine
 from .keyring import Keyring
@@ -57,6 +60,7 @@ class SimCluster:
         start: bool = True,
         cluster: str | None = None,
         config: FabricConfig | None = None,
+        guard: RecordGuard | None = None,
     ) -> Engine:
         transport = self.net.transport(
             addr or f"10.0.{len(self.nodes) // 250}.{len(self.nodes) % 250 + 1}:7946"
@@ -92,7 +96,10 @@ class SimCluster:
             on_change=changed,
             on_member=member,
             seeds=seeds,
+            guard=guard,
         )
+        if guard is not None:  # first, so peers can check what follows
+            node.publish(*guard.cert_record())
         self.nodes[name] = node
         if start:
             node.start()

@@ -4,7 +4,10 @@ A *watermark* is the highest version of an owner up to which this member holds e
 update (or a newer one for the same key). Eager pushes may bring newer entries without
 moving the watermark; only an owner's ordered deltas move it, so a digest never claims an
 update it lacks. Deltas are sent oldest first per owner and cut at the packet budget; the
-watermark sent with them tells how far the receiver may now claim.
+watermark sent with them tells how far the receiver may now claim, but never above the
+newest version it holds of that owner: a peer's claim is not believed beyond what was
+actually delivered (else one forged ``deltas`` message from any keyring holder would stop
+anti-entropy for that owner everywhere, as the claim spreads).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class StateStore:
     def __init__(self) -> None:
         self._data: dict[str, dict[str, Item]] = {}
         self._wm: dict[str, int] = {}
+        self._top: dict[str, int] = {}  # owner -> the newest version held of it
 
     # Reading.
 
@@ -58,6 +62,8 @@ class StateStore:
         )
         if version > self._wm.get(owner, 0):
             self._wm[owner] = version
+        if version > self._top.get(owner, 0):
+            self._top[owner] = version
         return Entry(owner, key, version, deleted, None if deleted else value, sig)
 
     def apply(self, e: Entry) -> bool:
@@ -69,6 +75,8 @@ class StateStore:
         if cur is not None and cur.version >= e.version:
             return False
         items[e.key] = Item(e.version, e.deleted, None if e.deleted else e.value, e.sig)
+        if e.version > self._top.get(e.owner, 0):
+            self._top[e.owner] = e.version
         return True
 
     def newer(self, e: Entry) -> bool:
@@ -78,12 +86,14 @@ class StateStore:
         return cur is None or cur.version < e.version
 
     def raise_watermark(self, owner: str, version: int) -> None:
+        version = min(version, self._top.get(owner, 0))
         if version > self._wm.get(owner, 0):
             self._wm[owner] = version
 
     def drop(self, owner: str) -> None:
         self._data.pop(owner, None)
         self._wm.pop(owner, None)
+        self._top.pop(owner, None)
 
     # Anti-entropy.
 

@@ -4,8 +4,10 @@ The fabric engine calls a :class:`RecordGuard` (its ``RecordGuard`` protocol) at
 ``sign`` when this member publishes, ``admit`` before a record from anybody else is stored,
 forwarded or shown. A record is admitted only if
 
-1. it carries a signature (Ed25519 over the canonical JSON of ``[cluster, key, version,
-   value]``, a tombstone's value being ``null``) by the key of its owner's certificate;
+1. it carries a signature (Ed25519 over the canonical JSON of ``[cluster, owner, key,
+   version, value]``, a tombstone's value being ``null``) by the key of its owner's
+   certificate (the owner is signed too: else a record could be replayed under another
+   member name the same certificate may use, e.g. ``h1#x`` for ``h1``);
 2. that certificate chains to the mesh root, is valid now and is not revoked;
 3. the certificate's role and name may write that key (:func:`.authz.may_write`), and the
    record does not speak for somebody else (a node record's ``node_id``, an instance
@@ -50,8 +52,8 @@ def canonical(obj: Any) -> bytes:
     ).encode()
 
 
-def record_message(cluster: str, key: str, version: int, value: Any) -> bytes:
-    return canonical([cluster, key, version, value])
+def record_message(cluster: str, owner: str, key: str, version: int, value: Any) -> bytes:
+    return canonical([cluster, owner, key, version, value])
 
 
 def b64(data: bytes) -> str:
@@ -109,8 +111,9 @@ class RecordGuard:
     def cert_record(self) -> tuple[str, dict[str, Any]]:
         return cert_key(self.me.name), {"chain": self.me.chain_pem()}
 
-    def sign(self, key: str, version: int, value: Any) -> str:
-        return b64(self.me.key.sign(record_message(self.cluster, key, version, value)))
+    def sign(self, owner: str, key: str, version: int, value: Any) -> str:
+        """The signature of this member's record (``owner``: its fabric member name)."""
+        return b64(self.me.key.sign(record_message(self.cluster, owner, key, version, value)))
 
     # Others.
 
@@ -154,7 +157,9 @@ class RecordGuard:
         if not may_write(p.role, p.name, owner, key):
             raise IdentityError(f"{p.role} {p.name} may not write {key} as {owner}", "unauthorized")
         try:
-            p.public_key.verify(unb64(sig), record_message(self.cluster, key, version, value))
+            p.public_key.verify(
+                unb64(sig), record_message(self.cluster, owner, key, version, value)
+            )
         except InvalidSignature:
             raise IdentityError(f"bad signature on {key} of {owner}", "bad-signature") from None
         if isinstance(value, dict):
@@ -200,12 +205,14 @@ class RecordGuard:
                 self._blocked.discard(owner)
             return []
         if key == KEY_REVOCATIONS and value is not None:
-            self._rev_lists[owner] = self._check_revocations(value, self.wall())
-            names = self.verifier.revocations.merge(
-                e for lst in self._rev_lists.values() for e in lst
-            )
-            if not names:
+            try:  # checked by admit() already, unless it is our own record
+                self._rev_lists[owner] = self._check_revocations(value, self.wall())
+            except IdentityError as exc:
+                log.warning("revocation list of %s not applied: %s", owner, exc)
                 return []
+            self.verifier.revocations.merge(e for lst in self._rev_lists.values() for e in lst)
+            # Every time, not only when the list grew: a revocation may have been added to
+            # the verifier directly (the reconciler that issues it) before its record.
             hidden = []
             for o, p in self._certs.items():
                 if o not in self._blocked and self.verifier.revocations.revoked(p):

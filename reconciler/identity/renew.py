@@ -22,7 +22,7 @@ def renew_at(not_before: float, not_after: float, rng: random.Random) -> float:
 def retry_delay(
     attempt: int, rng: random.Random, *, base: float = 1.0, cap: float = 300.0
 ) -> float:
-    d = min(cap, base * 2.0 ** max(0, attempt))
+    d = min(cap, base * 2.0 ** min(max(0, attempt), 64))  # no float overflow, ever
     return d * rng.uniform(0.5, 1.0)
 
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from reconciler.errors import IdentityError
 
-from .ca import load_certs
+from .ca import BACKDATE_S, load_certs
 from .names import Access, Role, parse_spiffe
 
 
@@ -67,7 +67,9 @@ class Revocations:
 
     def revoked(self, p: Principal) -> bool:
         before = self.by_name.get(p.name)
-        return before is not None and p.not_before < before
+        # Issued at not_before + the backdating: a certificate issued just after the
+        # revocation (a re-enrolled host) is valid, though its not_before is earlier.
+        return before is not None and p.not_before + BACKDATE_S < before
 
     def to_json(self) -> list[dict[str, object]]:
         return [{"name": n, "before": b} for n, b in sorted(self.by_name.items())]
