@@ -38,6 +38,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
     "mesh_cmds": ("up", "down", "init", "run"),
     "observe_cmds": ("status", "logs"),
+    "cert_cmds": ("cert",),
 }
 
 

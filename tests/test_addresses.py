@@ -185,15 +185,15 @@ def test_the_flags_refuse_plaintext_gossip_off_loopback(tmp_path: Path) -> None:
         join_settings(_args(join=["10.0.0.1"]), "agent")
 
 
-def test_http_listeners_off_loopback_need_a_keyring_or_insecure() -> None:
-    refuse_plaintext("agent", "the agent API", "127.0.0.1:0", keyed=False, insecure=False)
-    refuse_plaintext("agent", "the agent API", "0.0.0.0:7000", keyed=True, insecure=False)
-    refuse_plaintext("agent", "the agent API", "0.0.0.0:7000", keyed=False, insecure=True)
+def test_http_listeners_off_loopback_need_an_identity_or_insecure() -> None:
+    refuse_plaintext("agent", "the agent API", "127.0.0.1:0", secured=False, insecure=False)
+    refuse_plaintext("agent", "the agent API", "0.0.0.0:7000", secured=True, insecure=False)
+    refuse_plaintext("agent", "the agent API", "0.0.0.0:7000", secured=False, insecure=True)
     with pytest.raises(ConfigError) as err:
-        refuse_plaintext("edge", "--metrics-listen", "0.0.0.0:9100", keyed=False, insecure=False)
+        refuse_plaintext("edge", "--metrics-listen", "0.0.0.0:9100", secured=False, insecure=False)
     assert str(err.value) == (
-        "edge: refusing to serve --metrics-listen in plaintext on 0.0.0.0:9100 without a "
-        "keyring: give --gossip-key FILE, or --insecure"
+        "edge: refusing to serve --metrics-listen in plaintext on 0.0.0.0:9100 without an "
+        "identity: give --identity DIR (mutual TLS), or --insecure"
     )
 
 

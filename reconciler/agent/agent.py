@@ -26,7 +26,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import psutil
@@ -58,6 +58,9 @@ from reconciler.records import (
 )
 from reconciler.spore.trust import TrustPolicy
 
+if TYPE_CHECKING:
+    from reconciler.identity.live import LiveIdentity
+
 log = logging.getLogger("myco.agent")
 
 
@@ -72,8 +75,8 @@ class AgentConfig:
     node: str
     state_dir: Path
     fabric: JoinSettings = field(default_factory=JoinSettings)  # how it joins the fabric
-    api_bind: str = "127.0.0.1:0"
-    api_auth: str = "auto"  # auto (token unless loopback) | token | none (loopback only)
+    api_bind: str = "127.0.0.1:0"  # off loopback: needs the agent's identity, or --insecure
+    api_open_access: bool = False  # loopback only: ask no credentials, even with an identity
     trust: tuple[Path, ...] = ()
     capacity: Nutrients = field(default_factory=default_capacity)
     labels: tuple[tuple[str, str], ...] = ()
@@ -104,8 +107,12 @@ class Agent:
         runner: ProcessRunner | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        live: LiveIdentity | None = None,
     ) -> None:
+        """``live``: the agent's identity (its API serves mutual TLS, and spores are fetched
+        from the repo and from peers with its client certificate); None: plain HTTP."""
         self.config = config
+        self.live = live
         self.fabric = fabric
         self.trust = trust
         self.runner: ProcessRunner = runner or LocalRunner()
@@ -113,8 +120,6 @@ class Agent:
         self.rng = rng or random.Random()
         self.state = StateDir(config.state_dir)
         self.enforcer = Enforcer(config.node, prefer=config.enforcement)
-        # the peer credential for spores (None: a mesh without a keyring needs none)
-        self.keyring = config.fabric.keyring()
         self.settings = SupervisorSettings(
             node=config.node,
             advertise_host=config.advertise_host,
@@ -159,23 +164,31 @@ class Agent:
         from reconciler.agent.api import serve_api  # api imports this module
 
         try:
-            async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tg:
+            async with (
+                aiohttp.ClientSession() as session,  # health checks of the instances
+                self._mesh_session() as mesh,  # the repo and peers: mutual TLS
+                asyncio.TaskGroup() as tg,
+            ):
                 self._session = session
                 self._tg = tg
                 self.cache = SporeCache(
                     self.config.state_dir,
                     self.trust,
-                    session,
+                    mesh,
                     self.config.fetch,
                     peers=lambda d: peers_holding(self.fabric, d, self.config.node, self.rng),
-                    peer_token=self.keyring.peer_token() if self.keyring else None,
                     on_verified=lambda _: self.publish_node(),
                 )
                 if self.config.platforms is None:
                     self.platforms = await detect()
                     log.info("platforms: %s", ", ".join(self.platforms))
                 self.enforcer.remove_stale(self.state.instance_ids())
-                api = await serve_api(self, self.config.api_bind)
+                api = await serve_api(
+                    self,
+                    self.config.api_bind,
+                    self.live,
+                    open_access=self.config.api_open_access,
+                )
                 try:
                     self._adopt_all()
                     tg.create_task(self._reverify_held(), name="agent-reverify")
@@ -196,6 +209,14 @@ class Agent:
                     await self.enforcer.cleanup_settled(self.state.instance_ids())
         except BaseExceptionGroup as eg:  # report the task that failed, not the group
             raise first_error(eg) from None
+
+    def _mesh_session(self) -> aiohttp.ClientSession:
+        """The session for other members' HTTPS (the repo, peers): this agent's client
+        certificate, the mesh root as the only trust anchor. Renewal reloads the context
+        in place, so new connections show the new certificate."""
+        if self.live is None:
+            return aiohttp.ClientSession()
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.live.client_ssl))
 
     async def _reverify_held(self) -> None:
         """Serve the spores of re-adopted instances again (they are not fetched anew)."""

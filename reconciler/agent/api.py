@@ -1,32 +1,32 @@
-"""The agent's local HTTP API (aiohttp), as docs/INTERFACES.md lists it.
+"""The agent's HTTP API (aiohttp), as docs/INTERFACES.md lists it.
 
 ``GET /v1/node``, ``/v1/instances``, ``/v1/fabric?prefix=``, ``/v1/logs/{instance}?follow=1``,
-``/spores/{digest}`` (the verified spores this agent holds, for its peers) and ``/metrics``
-(Prometheus text). Bound to loopback by default. Bound anywhere else, every request must
-carry ``Authorization: Bearer <token>`` with the token from ``<state>/api.token`` (made on
-first use, mode 0600); anything else is refused with 401. The spore route alone also
-accepts the mesh's peer credential, derived from any key of the fabric keyring
-(:meth:`reconciler.fabric.keyring.Keyring.accepts_peer_token`), so peers can fetch spores
-without this agent's private token.
+``/spores/{digest}`` (the verified spores this agent holds, for its peers), ``/metrics``
+(Prometheus text) and the ``/ui`` dashboard.
+
+With the member's identity (:class:`~reconciler.identity.live.LiveIdentity`) it serves
+HTTPS with mutual TLS, and :class:`~reconciler.identity.httpauth.HttpAuth` decides who may
+call what (:data:`~reconciler.identity.authz.ROUTE_ACCESS`): people and members read
+(viewer), only members fetch spores; a state-changing call would be audit-logged in
+``<state>/audit.log``. Without an identity it serves plain HTTP to everybody, which is
+allowed on loopback only (``myco up`` on one machine) unless ``--insecure``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import secrets
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from reconciler.addr import is_loopback, parse_addr
+from reconciler.addr import parse_addr
 from reconciler.agent.logfiles import tail_lines
-from reconciler.errors import ConfigError
+from reconciler.identity.audit import AuditLog
+from reconciler.identity.httpauth import HttpAuth, listener_auth
 from reconciler.observe.http import fabric_view_handler
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.ui import setup_ui
@@ -36,76 +36,37 @@ from reconciler.webserve import start_app
 
 if TYPE_CHECKING:
     from reconciler.agent.agent import Agent
+    from reconciler.identity.live import LiveIdentity
 
 log = logging.getLogger("myco.agent")
 
-TOKEN_FILE = "api.token"
 AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 FOLLOW_POLL_S = 0.2
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SPORE_ROUTE = "/spores/{digest}"  # the one route peers may call with the peer credential
 
-
-def load_or_make_token(state_dir: Path) -> str:
-    path = state_dir / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
-def token_middleware(token: str, peer_ok: Callable[[str], bool] | None = None) -> Any:
-    """Every route needs the private ``token``; the spore route also takes a bearer
-    credential that ``peer_ok`` accepts (the mesh's peer credential)."""
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        header = request.headers.get("Authorization", "")
-        if hmac.compare_digest(header.encode(), expected):
-            return await handler(request)
-        scheme, _, cred = header.partition(" ")
-        resource = request.match_info.route.resource
-        spores = resource is not None and resource.canonical == SPORE_ROUTE
-        if not (spores and peer_ok is not None and scheme == "Bearer" and peer_ok(cred)):
-            raise web.HTTPUnauthorized(
-                text="bearer token required\n", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return await handler(request)
-
-    return check
-
-
-def make_app(
-    agent: Agent, token: str | None, peer_ok: Callable[[str], bool] | None = None
-) -> web.Application:
-    mw = [token_middleware(token, peer_ok)] if token else []
-    app = web.Application(middlewares=mw)
+def make_app(agent: Agent, auth: HttpAuth | None = None) -> web.Application:
+    """The agent's application; ``auth`` None: open (no identity, loopback)."""
+    auth = auth or HttpAuth(None)
+    app = web.Application(middlewares=[auth.middleware])
     app[AGENT_KEY] = agent
     app.router.add_get("/v1/node", node)
     app.router.add_get("/v1/instances", instances)
     app.router.add_get("/v1/fabric", fabric_view_handler(agent.fabric))
     app.router.add_get("/v1/logs/{instance}", logs)
-    app.router.add_get("/metrics", agent_metrics(agent).handler)
+    app.router.add_get("/metrics", agent_metrics(agent, auth).handler)
     # only what this process verified; re-hashed and streamed on every request
     app.add_routes(spore_routes(SporeRepo(agent.config.state_dir), agent.serves_spore))
     setup_ui(app, agent.fabric)
+    auth.check_routes(app)
     return app
 
 
-def agent_metrics(agent: Agent) -> Metrics:
-    """This node's figures (instances by phase, restarts, credits) plus the agent's own."""
+def agent_metrics(agent: Agent, auth: HttpAuth | None = None) -> Metrics:
+    """This node's figures (instances by phase, restarts, credits) plus the agent's own
+    (and its API's refusals, with ``auth``)."""
     m = Metrics("agent", agent.fabric, scope="own")
+    if auth is not None:
+        m.add_http_auth(auth.refused)
     m.counter_callback(
         "myco_agent_events",
         "Agent events by kind (sprouts, restarts, fetches...)",
@@ -121,28 +82,38 @@ def agent_metrics(agent: Agent) -> Metrics:
     return m
 
 
-async def serve_api(agent: Agent, bind: str) -> web.AppRunner:
+async def serve_api(
+    agent: Agent,
+    bind: str,
+    live: LiveIdentity | None = None,
+    *,
+    audit: AuditLog | None = None,
+    open_access: bool = False,
+) -> web.AppRunner:
+    """Serve the agent's API on ``bind``; sets ``agent.api_url`` (``https://`` with ``live``).
+
+    Without ``live`` the API is open, which is a ConfigError off loopback unless the agent
+    runs with ``--insecure``; ``open_access`` (loopback only) skips authentication with an
+    identity too. ``audit`` defaults to ``<state>/audit.log``.
+    """
     host, port = parse_addr(bind, what="agent API address")
-    auth = agent.config.api_auth
-    if auth == "none" and not is_loopback(host):
-        raise ConfigError(f"the agent API on {bind} is not loopback: it needs a token")
-    need = auth == "token" or (auth == "auto" and not is_loopback(host))
-    token = load_or_make_token(agent.config.state_dir) if need else None
-    ring = agent.keyring
-    if token and ring is None:
-        log.warning(
-            "agent API on %s needs a token and there is no fabric keyring: "
-            "peers cannot fetch spores from this agent",
-            bind,
-        )
+    auth = listener_auth(
+        live,
+        host,
+        what="the agent API",
+        insecure=agent.config.fabric.insecure,
+        audit=audit or AuditLog.in_state(agent.config.state_dir),
+        open_access=open_access,
+    )
     runner, agent.api_url = await start_app(
-        make_app(agent, token, ring.accepts_peer_token if ring is not None else None),
+        make_app(agent, auth),
         host,
         port,
         "the agent API",
         advertise_host=agent.config.advertise_host,
+        ssl_context=auth.ssl_context,
     )
-    log.info("agent API on %s%s", agent.api_url, " (bearer token required)" if token else "")
+    log.info("agent API on %s (%s)", agent.api_url, auth.describe())
     return runner
 
 

@@ -8,10 +8,11 @@ before its first use by this agent process; the extracted payload is shared by e
 instance of that digest (``<state>/payloads/<digest>``).
 
 Sources, in order, on every attempt: the intent's ``fetch_urls`` (the reconciler's repo),
-then the live peers whose node record announces the digest (:mod:`reconciler.agent.peers`),
-which get the mesh's peer credential as a bearer token. A source that serves bytes not
-matching the digest is refused and not asked again during that fetch; attempts are
-retried with exponential backoff and jitter.
+then the live peers whose node record announces the digest (:mod:`reconciler.agent.peers`).
+In a mesh with identities every source is ``https://`` and the session carries the agent's
+client certificate (mutual TLS: the repo and the peers serve spores to members only). A
+source that serves bytes not matching the digest is refused and not asked again during
+that fetch; attempts are retried with exponential backoff and jitter.
 """
 
 from __future__ import annotations
@@ -78,8 +79,7 @@ PeerLookup = Callable[[str], Sequence[Peer]]
 @dataclass(frozen=True)
 class _Source:
     url: str
-    label: str  # "repo http://..." or "peer node-a (http://...)", for the log
-    headers: dict[str, str] | None = None
+    label: str  # "repo https://..." or "peer node-a (https://...)", for the log
 
 
 class SporeCache:
@@ -93,12 +93,12 @@ class SporeCache:
         settings: FetchSettings | None = None,
         *,
         peers: PeerLookup | None = None,
-        peer_token: str | None = None,
         on_verified: Callable[[str], None] | None = None,
     ) -> None:
-        """``peers`` finds live peers holding a digest; ``peer_token`` is the credential
-        sent to them (None: none, a mesh without a keyring); ``on_verified`` is told of
-        each digest newly verified (the agent announces it in its node record)."""
+        """``session`` fetches from the repo and from peers (with the agent's client
+        certificate, in a mesh with identities); ``peers`` finds live peers holding a
+        digest; ``on_verified`` is told of each digest newly verified (the agent announces
+        it in its node record)."""
         self.spores = root / "spores"
         self.payloads = root / "payloads"
         self.spores.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,6 @@ class SporeCache:
         self.session = session
         self.settings = settings or FetchSettings()
         self.peers = peers
-        self.peer_token = peer_token
         self.on_verified = on_verified
         self.sources: dict[str, str] = {}  # digest -> the URL it was fetched from
         self._ready: dict[str, Prepared] = {}
@@ -212,9 +211,8 @@ class SporeCache:
     def _sources(self, digest: str, urls: tuple[str, ...]) -> list[_Source]:
         out = [_Source(u, f"repo {u}") for u in urls]
         if self.peers is not None:
-            auth = {"Authorization": f"Bearer {self.peer_token}"} if self.peer_token else None
             out += [
-                _Source(p.url, f"peer {p.node} ({p.url})", auth)
+                _Source(p.url, f"peer {p.node} ({p.url})")
                 for p in self.peers(digest)
                 if p.url not in urls
             ]
@@ -267,7 +265,6 @@ class SporeCache:
                         src.url,
                         digest,
                         self.spores,
-                        headers=src.headers,
                         client_timeout=timeout,
                     )
             except IntegrityError as exc:

@@ -4,8 +4,9 @@ Every agent lists the digests of the verified spores it holds in its ``node`` re
 (:attr:`~reconciler.records.NodeRecord.spores`, bounded by :data:`MAX_ANNOUNCED`) and
 serves them at ``GET {api_url}/spores/{digest}``. A fetch that the repo URLs of the intent
 cannot satisfy (the reconciler's host died) falls over to the live peers found here.
-Peers authenticate with the mesh-wide credential of the fabric keyring
-(:func:`reconciler.fabric.keyring.peer_token`).
+In a mesh with identities a peer's API is mutual TLS: only members (a certificate of the
+mesh, valid and not revoked) may fetch spores from it, and the fetching agent presents its
+own certificate (:class:`~reconciler.agent.fetch.SporeCache`'s session).
 """
 
 from __future__ import annotations

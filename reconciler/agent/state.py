@@ -2,7 +2,7 @@
 
 Layout of ``<state>``::
 
-    api.token                 bearer token for a non-loopback API
+    audit.log                 state-changing API calls, one JSON line each (identity.audit)
     spores/<digest>.spore     fetched spores (verified again before every use)
     payloads/<digest>/        extracted payloads (the instances' working directories)
     instances/<id>.json       one per instance: config, pid + start ticks, port, limits

@@ -3,10 +3,15 @@
 Flags, or a YAML/JSON ``--config`` file with the same names (``node``, ``state``, ``api``,
 ``join``, ``gossip_bind``, ``advertise``, ``gossip_key``, ``cluster``, ``profile``,
 ``trust``, ``capacity_cpu_milli``, ``capacity_memory_mb``, ``labels``, ``advertise_host``,
-``enforcement``, ``wither_on_exit``, ``insecure``); a flag given on the command line wins
-over the file.
-The fabric flags are the shared ones (:mod:`reconciler.commands.options`). The service
-itself is :mod:`reconciler.agent.service`.
+``enforcement``, ``wither_on_exit``, ``insecure``, ``identity``, ``join_token``, ``enrol``,
+``ca``, ``loopback_http``); a flag given on the command line wins over the file.
+The fabric and identity flags are the shared ones (:mod:`reconciler.commands.options`). The
+service itself is :mod:`reconciler.agent.service`.
+
+Identity: ``--identity DIR`` (default ``<state>/identity``) holds the agent's member
+certificate, whose name must be ``--node``. On the first start of a new host,
+``--join-token FILE --enrol URL --ca DIR`` gets it from a reconciler. Off loopback (gossip or
+the API) an agent without one refuses to start unless ``--insecure``.
 
 SIGTERM / SIGINT stop the agent, not its instances: they keep running and the next
 ``myco agent`` on the same ``--state`` adopts them. ``--wither-on-exit`` (what ``myco up``
@@ -19,7 +24,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from reconciler.commands.options import add_fabric, add_state, join_settings, refuse_plaintext
+from reconciler.commands.options import (
+    add_fabric,
+    add_identity,
+    add_state,
+    has_identity,
+    identity_spec,
+    join_settings,
+    refuse_plaintext,
+    refuse_unsigned_gossip,
+)
 from reconciler.errors import ConfigError, UsageError
 
 _DEFAULTS: dict[str, Any] = {
@@ -38,6 +52,11 @@ _DEFAULTS: dict[str, Any] = {
     "profile": "local",
     "wither_on_exit": False,
     "insecure": False,
+    "identity": None,  # default: <state>/identity
+    "join_token": None,
+    "enrol": [],
+    "ca": None,
+    "loopback_http": False,
 }
 
 
@@ -54,6 +73,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--api", metavar="HOST:PORT", help="serve this agent's API here (default 127.0.0.1:0)"
     )
     add_fabric(p, defaults=False)
+    add_identity(p, "agent", defaults=False)
     p.add_argument("--trust", nargs="+", metavar="FILE", help="trusted keys / trust policy files")
     p.add_argument("--capacity-cpu-milli", type=int, metavar="N")
     p.add_argument("--capacity-memory-mb", type=int, metavar="N")
@@ -155,16 +175,26 @@ def run_agent(args: argparse.Namespace) -> int:
         "agent",
     )
     api = str(s["api"])
-    refuse_plaintext(
-        "agent", "the agent API", api, keyed=fabric.gossip_key is not None, insecure=fabric.insecure
+    state = Path(s["state"]).absolute()
+    identity = identity_spec(
+        "agent",
+        identity=s["identity"],
+        default_dir=state / "identity",
+        join_token=s["join_token"],
+        enrol=_as_list(s["enrol"]),
+        ca=s["ca"],
+        loopback_http=bool(s["loopback_http"]),
+        listeners=(("--api", api),),
     )
+    secured = has_identity(identity)
+    refuse_unsigned_gossip("agent", fabric, secured=secured)
+    refuse_plaintext("agent", "the agent API", api, secured=secured, insecure=fabric.insecure)
     advertise_host = str(s["advertise_host"] or fabric.advertised_host())
     if is_wildcard(advertise_host):
         raise ConfigError(
             f"agent: cannot advertise instances on {advertise_host!r}: give --advertise-host "
             "HOST with this host's own address"
         )
-    state = Path(s["state"]).absolute()
     try:
         state.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -190,4 +220,4 @@ def run_agent(args: argparse.Namespace) -> int:
         enforcement=str(s["enforcement"]),
         wither_on_exit=bool(s["wither_on_exit"]),
     )
-    return run(config, trust)
+    return run(config, trust, identity)

@@ -1,11 +1,25 @@
-"""``myco edge``: the ingress router (docs/edge.md)."""
+"""``myco edge``: the ingress router (docs/edge.md).
+
+Identity: ``--identity DIR`` (an edge certificate; got once with ``--join-token FILE --enrol
+URL --ca DIR`` if the directory is empty). Gossip, and ``--metrics-listen``, off loopback
+need one unless ``--insecure``; the proxy's own ``--listen`` is the public ingress and needs
+none.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from reconciler.commands.options import add_fabric, join_settings, refuse_plaintext
+from reconciler.commands.options import (
+    add_fabric,
+    add_identity,
+    has_identity,
+    identity_spec,
+    join_settings,
+    refuse_plaintext,
+    refuse_unsigned_gossip,
+)
 from reconciler.errors import UsageError
 
 
@@ -26,7 +40,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="HTTP address to serve on (default 127.0.0.1:8080)",
     )
     add_fabric(p)  # --join --gossip-bind --advertise --gossip-key --cluster --profile
-    p.add_argument("--name", default="", help="fabric member name (default edge-<host>-<pid>)")
+    add_identity(p, "edge")  # --identity --join-token --enrol --ca
+    p.add_argument(
+        "--name",
+        default="",
+        help="fabric member name (default: the certificate's name with --identity, "
+        "else edge-<host>-<pid>)",
+    )
     p.add_argument(
         "--route",
         action="append",
@@ -161,6 +181,21 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
 
         find_haproxy()  # one clear error before anything starts
     join = join_settings(args, "edge") if args.join else None
+    identity = identity_spec(
+        "edge",
+        identity=args.identity,
+        default_dir=None,
+        join_token=args.join_token,
+        enrol=args.enrol,
+        ca=args.ca,
+        loopback_http=args.loopback_http,
+        listeners=(("--metrics-listen", args.metrics_listen),) if args.metrics_listen else (),
+    )
+    if identity is not None and join is None:
+        raise UsageError("edge: --identity is for an edge in the fabric (--join)")
+    secured = has_identity(identity)
+    if join is not None:
+        refuse_unsigned_gossip("edge", join, secured=secured)
     host, port = parse_addr(args.listen)
     if args.metrics_listen:
         parse_addr(args.metrics_listen, what="--metrics-listen")
@@ -168,7 +203,7 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
             "edge",
             "--metrics-listen",
             args.metrics_listen,
-            keyed=join is not None and join.gossip_key is not None,
+            secured=secured,
             insecure=bool(args.insecure),
         )
     config = EdgeConfig(
@@ -204,5 +239,6 @@ def run_edge_cmd(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         data_plane=args.data_plane,
         state_dir=args.state,
+        identity=identity,
     )
     return run(spec)

@@ -76,12 +76,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser(
         "init",
         parents=[common],
-        help="make a mesh identity: signing key, trust policy, gossip key",
+        help="make a mesh identity: signing key, trust policy, gossip key, CA",
     )
     i.add_argument("dir", nargs="?", default=None, metavar="DIR", help="(<state>/identity)")
     i.add_argument("--state", metavar="DIR", help="state directory ($MYCO_HOME or ./.myco)")
     i.add_argument(
         "--apps", nargs="+", default=["*"], metavar="PATTERN", help="app names the key may sign"
+    )
+    i.add_argument(
+        "--mesh",
+        default="myco",
+        metavar="NAME",
+        help="the mesh's name in its certificates: spiffe://NAME/... (default myco)",
     )
     i.add_argument("--force", action="store_true", help="replace an existing identity")
     i.set_defaults(func=_init)
@@ -204,10 +210,14 @@ def _init(args: argparse.Namespace) -> int:
     from reconciler.mesh.identity import create_identity
 
     root = Path(args.dir) if args.dir else state_dir(args.state) / "identity"
-    ident = create_identity(root, apps=args.apps, force=args.force)
+    ident = create_identity(root, apps=args.apps, force=args.force, mesh=args.mesh)
+    ca = ident.ca
     print(f"created a mesh identity in {ident.root}:")
     print(f"  {ident.signing_key}  signs spores (keep it secret; mode 0600)")
     print(f"  {ident.signing_pub}  its public key")
     print(f"  {ident.trust}  trust policy for agents (apps: {', '.join(args.apps)})")
     print(f"  {ident.gossip_key}  fabric keyring: copy to every agent, edge and reconciler")
+    print(f"  {ca.ca_cert}  the mesh root CA ({args.mesh}): copy to every host")
+    print(f"  {ca.root / 'ca.key'}  its key: keep it offline (mode 0600)")
+    print(f"  {ca.issuer_cert}, {ca.issuer_key.name}  the issuing CA: reconciler hosts only")
     return 0

@@ -24,9 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from reconciler.commands.options import (
     add_api,
     add_fabric,
+    add_identity,
     add_state,
+    has_identity,
+    identity_spec,
     join_settings,
     refuse_plaintext,
+    refuse_unsigned_gossip,
 )
 from reconciler.errors import MycoError, UsageError
 
@@ -60,6 +64,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--subdir", default="", help="garden folder inside the Git repository")
     p.add_argument("--interval", type=float, default=5.0, metavar="S", help="Git poll interval (5)")
     _member_options(p)
+    add_identity(p, "reconciler")  # --identity --ca --loopback-http
     add_state(p)
     p.add_argument("--allow-empty", action="store_true", help="let an empty garden prune all")
     p.add_argument("--lease-ttl", type=float, default=3.0, metavar="S", help="lease TTL (3)")
@@ -87,6 +92,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S")
     p.add_argument("--allow-empty", action="store_true", help="let an empty garden prune all")
     _member_options(p)
+    p.add_argument(
+        "--ca",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="one-shot: the mesh CA directory (issuer.crt, issuer.key) to issue its own "
+        "certificate from (default: the mesh identity beside --state, if it holds one)",
+    )
     p.set_defaults(func=run_apply)
 
     p = sub.add_parser(
@@ -128,7 +141,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _member_options(p: argparse.ArgumentParser) -> None:
     """A reconciler member's flags (``reconcile``, and ``apply`` when it runs one-shot)."""
-    p.add_argument("--name", default="", help="fabric member name (default reconciler-HOST-PID)")
+    p.add_argument(
+        "--name",
+        default="",
+        help="fabric member name (default: <certificate name>#PID with an identity, "
+        "else reconciler-HOST-PID)",
+    )
     add_fabric(p)
     p.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 key that signs spores")
     p.add_argument("--repo", type=Path, metavar="DIR", help="spore repo (default <state>/repo)")
@@ -149,9 +167,14 @@ def _member_options(p: argparse.ArgumentParser) -> None:
 
 
 def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
-    from reconciler.addr import parse_addr
+    from reconciler.addr import is_loopback, parse_addr
     from reconciler.home import absolute_state_dir
-    from reconciler.reconcile.service import MemberConfig, identity_gossip_key
+    from reconciler.reconcile.service import (
+        MemberConfig,
+        default_member_dir,
+        identity_gossip_key,
+        resolve_identity,
+    )
 
     parse_addr(args.repo_listen, what="--repo-listen", error=UsageError)
     if args.build_timeout <= 0:
@@ -160,11 +183,28 @@ def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
     if args.gossip_key is None:  # the identity's keyring, as the service would find it
         args.gossip_key = identity_gossip_key(state)
     join = join_settings(args, verb)
+    # `apply`'s --identity is its client's (add_api): a one-shot member keeps its own in
+    # the default place, and serves plain HTTP if it listens on loopback only.
+    one_shot = verb != "reconcile"
+    loopback = is_loopback(parse_addr(args.repo_listen, error=UsageError)[0])
+    identity = resolve_identity(
+        identity_spec(
+            verb,
+            identity=None if one_shot else args.identity,
+            default_dir=default_member_dir(state),
+            ca=args.ca,
+            loopback_http=loopback if one_shot else args.loopback_http,
+            listeners=(("--repo-listen", args.repo_listen),),
+        ),
+        state,
+    )
+    secured = has_identity(identity, issues=True)
+    refuse_unsigned_gossip(verb, join, secured=secured)
     refuse_plaintext(
         verb,
         "the repo and control API",
         args.repo_listen,
-        keyed=join.gossip_key is not None,
+        secured=secured,
         insecure=join.insecure,
     )
     return MemberConfig(
@@ -176,6 +216,7 @@ def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
         listen=args.repo_listen,
         public_url=args.repo_url,
         build_timeout_s=args.build_timeout,
+        identity=identity,
     )
 
 

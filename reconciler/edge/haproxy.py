@@ -506,10 +506,10 @@ async def serve_haproxy(
     if spec.config.port == 0:
         raise EdgeError("edge: --data-plane haproxy needs a fixed --listen port")
     if source is None and spec.join is not None:
+        from reconciler.edge.process import edge_member
         from reconciler.edge.source import FabricRouteSource
 
-        name = spec.name or f"edge-{socket.gethostname()}-{os.getpid()}"
-        async with spec.join.open(name) as fabric:
+        async with edge_member(spec, spec.join, service) as fabric:
 
             def publish(apps: dict[str, dict[str, Any]], at: float) -> None:
                 fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())

@@ -13,6 +13,12 @@ listening, so the kernel gives it no connections), starts N worker processes tha
 listen on the port with ``SO_REUSEPORT`` and run their own loop, forwards SIGTERM/SIGINT
 to them and restarts one that dies; a second signal kills them (SIGKILL). Signal
 handlers only set a flag; the loop acts.
+
+With an identity (``spec.identity``), the edge's fabric member signs its records and checks
+everyone's, and a task renews its certificate (each worker its own, from the shared
+identity directory; a join token is redeemed once, before any worker starts). Member names:
+the certificate's name (or ``--name``, which must be it or ``<name>#<suffix>``); worker
+``i`` is ``<name>#w<i>``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import signal
 import socket
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from reconciler import logs
 from reconciler.addr import format_addr, parse_addr
-from reconciler.aio import Service, run_until_signalled
+from reconciler.aio import Service, run_until_signalled, stop_tasks
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.server import RunningEdge, StatsSink, listen_socket, running_edge
 from reconciler.edge.source import RouteSource, StaticRouteSource
@@ -42,9 +49,15 @@ from reconciler.fabric.api import FabricAPI
 from reconciler.records import KEY_EDGE_STATS, EdgeStatsRecord, RouteRecord
 
 if TYPE_CHECKING:
+    from reconciler.fabric.fabric import Fabric
     from reconciler.fabric.joining import JoinSettings
+    from reconciler.identity.enrol import IdentitySpec
+    from reconciler.identity.live import LiveIdentity
 
 log = logging.getLogger("myco.edge")
+
+#: The identity each edge fabric member runs with, for its admin server.
+_LIVE_OF: weakref.WeakKeyDictionary[object, LiveIdentity] = weakref.WeakKeyDictionary()
 
 #: what serves ``/metrics`` on the admin address
 AdminHandler = Callable[[Any], Awaitable[Any]]
@@ -70,6 +83,7 @@ class EdgeRunSpec:
     #: (``reconciler.edge.haproxy``; then ``workers`` is HAProxy's thread count)
     data_plane: Literal["python", "haproxy"] = "python"
     state_dir: str = ""  # the HAProxy data plane's config and socket; "": a temp dir
+    identity: IdentitySpec | None = None  # --identity (and how to enrol); None: none
 
 
 def loop_factory(name: LoopName) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -92,6 +106,8 @@ def run(spec: EdgeRunSpec) -> int:
         # A daemon: its start-up line, route changes and the per-app stats lines every
         # interval are shown without -v (per-request details stay at debug level).
         logging.getLogger("myco.edge").setLevel(logging.INFO)
+    if spec.worker_index < 0 and spec.identity is not None:
+        _enrol_once(spec.identity)  # before any worker: a join token is redeemed once
     if spec.workers > 1 and spec.worker_index < 0 and spec.data_plane == "python":
         return _supervise(spec)
     name = "edge" if spec.worker_index < 0 else f"edge worker {spec.worker_index}"
@@ -166,6 +182,8 @@ def startup_line(
         parts.append(f"metrics {admin_url}/metrics{ui}")
     if member is not None:
         parts.append(f"fabric member {member[0]} gossip {member[1]}")
+        if spec.identity is not None:
+            parts.append(f"identity in {spec.identity.dir}")
     else:
         parts.append(f"static routes for {len(spec.static_routes)} app(s)")
     return "; ".join(parts)
@@ -177,6 +195,35 @@ async def _watch_parent(parent: int) -> None:
         await asyncio.sleep(1.0)
         if os.getppid() != parent:
             raise EdgeError(f"the edge supervisor (pid {parent}) went away")
+
+
+def _enrol_once(identity: IdentitySpec) -> None:
+    """Check the identity (redeeming the join token if the directory holds none yet) before
+    any worker starts: one clear error, and one enrolment, for all of them."""
+    from reconciler.identity.enrol import obtain
+
+    asyncio.run(obtain(identity, "edge", "edge"))
+
+
+def member_name(spec: EdgeRunSpec, live: LiveIdentity | None) -> str:
+    """This process's fabric member name (see the module docstring)."""
+    if live is None:
+        name = spec.name or f"edge-{socket.gethostname()}-{os.getpid()}"
+        return f"{name}-w{spec.worker_index}" if spec.worker_index >= 0 else name
+    from reconciler.identity.names import member_name as with_suffix
+    from reconciler.identity.names import owner_matches
+
+    base = spec.name or live.name
+    if not owner_matches(live.name, base):
+        raise ConfigError(
+            f"edge: --name {base} does not match the certificate's name {live.name}: give "
+            f"{live.name} or {live.name}#SUFFIX (or leave --name out)"
+        )
+    if spec.worker_index < 0:
+        return base
+    if base == live.name:
+        return with_suffix(live.name, f"w{spec.worker_index}")
+    return f"{base}-w{spec.worker_index}"
 
 
 def worker_join(join: JoinSettings, index: int) -> JoinSettings:
@@ -194,11 +241,9 @@ async def _serve_with_fabric(
 ) -> None:
     from reconciler.edge.source import FabricRouteSource
 
-    name = spec.name or f"edge-{socket.gethostname()}-{os.getpid()}"
-    if spec.worker_index >= 0:  # every worker is a member of its own
-        name = f"{name}-w{spec.worker_index}"
+    if spec.worker_index >= 0:
         join = worker_join(join, spec.worker_index)
-    async with join.open(name) as fabric:
+    async with edge_member(spec, join, service) as fabric:
 
         def publish(apps: dict[str, dict[str, Any]], at: float) -> None:
             fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())
@@ -206,6 +251,33 @@ async def _serve_with_fabric(
         source = FabricRouteSource(fabric)
         gossip = join.describe(fabric.addr)
         await _serve_until(spec, service, source, sock, publish, fabric, gossip)
+
+
+@contextlib.asynccontextmanager
+async def edge_member(
+    spec: EdgeRunSpec, join: JoinSettings, service: Service
+) -> AsyncIterator[Fabric]:
+    """This edge process's fabric member (both data planes): named as the module docstring
+    says; with an identity, signing its records and renewing its certificate."""
+    live = None
+    if spec.identity is not None:
+        from reconciler.identity.enrol import obtain
+
+        live = await obtain(spec.identity, "edge", join.cluster)
+    name = member_name(spec, live)
+    async with join.open(name, guard=live.guard if live is not None else None) as fabric:
+        if live is not None:
+            _LIVE_OF[fabric] = live  # for its admin server (serve_admin)
+            from reconciler.clock import RealClock
+            from reconciler.identity.enrol import renew_through_fabric
+
+            renewal = renew_through_fabric(live, fabric, clock=RealClock())
+            task = service.spawn("certificate renewal", renewal)
+        try:
+            yield fabric
+        finally:
+            if live is not None:
+                await stop_tasks([task])
 
 
 @contextlib.asynccontextmanager
@@ -233,19 +305,33 @@ async def serve_admin(
     ``--metrics-listen`` (one port per worker); yields the URL. Both data planes use it."""
     from aiohttp import web
 
+    from reconciler.identity.httpauth import listener_auth
     from reconciler.webserve import start_app
 
     host, port = parse_addr(spec.metrics_listen, what="--metrics-listen")
     if spec.worker_index >= 0 and port:
         port += spec.worker_index  # one admin port per worker
-    app = web.Application()
+    live = _LIVE_OF.get(fabric) if fabric is not None else None
+    if spec.identity is not None and spec.identity.loopback_http:
+        live = None  # plain and open on loopback (myco up)
+    insecure = spec.join is not None and spec.join.insecure
+    auth = listener_auth(live, host, what="the edge's metrics", insecure=insecure)
+    app = web.Application(middlewares=[auth.middleware])
     app.router.add_get("/metrics", metrics)
     if fabric is not None:
         from reconciler.observe.ui import setup_ui
 
         setup_ui(app, fabric)
+    auth.check_routes(app)
     shown = spec.join.advertised_host() if spec.join is not None else None
-    runner, url = await start_app(app, host, port, "the edge's metrics", advertise_host=shown)
+    runner, url = await start_app(
+        app,
+        host,
+        port,
+        "the edge's metrics",
+        advertise_host=shown,
+        ssl_context=auth.ssl_context,
+    )
     try:
         yield url
     finally:

@@ -5,19 +5,14 @@ version byte followed by the cluster name, so a packet of another cluster never
 authenticates. A key file holds base64 AES keys (16, 24 or 32 bytes), one per line, the
 first being the primary.
 
-The keyring also yields the mesh-wide credential agents present to each other when they
-fetch spores (:func:`peer_token`, until mutual TLS replaces it): the bearer token
-``base64url(HMAC-SHA256(key, b"myco peer spores v1"))`` of the primary key; a token
-derived from any installed key is accepted (:meth:`Keyring.accepts_peer_token`), so a
-key rotation never locks peers out.
+The keyring seals gossip only; members authenticate each other over HTTP with their
+certificates (mutual TLS, :mod:`reconciler.identity`), never with a mesh-wide secret.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -35,17 +30,6 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE
 _KEY_SIZES = (16, 24, 32)
-PEER_SPORES_CONTEXT = b"myco peer spores v1"
-
-
-def peer_token(key: bytes) -> str:
-    """The peer credential derived from one fabric key (unpadded base64url, 43 chars).
-
-    A different purpose from the packet key (an HMAC with its own context string), so the
-    token reveals nothing about the key that seals gossip.
-    """
-    mac = hmac.new(key, PEER_SPORES_CONTEXT, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
 
 class Keyring:
@@ -106,22 +90,6 @@ class Keyring:
     @property
     def primary(self) -> bytes:
         return self._keys[0]
-
-    def peer_token(self) -> str:
-        """The credential this member sends to peers: derived from the primary key."""
-        return peer_token(self._keys[0])
-
-    def peer_tokens(self) -> tuple[str, ...]:
-        """Every credential this member accepts: one per installed key."""
-        return tuple(peer_token(k) for k in self._keys)
-
-    def accepts_peer_token(self, token: str) -> bool:
-        """Whether ``token`` derives from an installed key (constant-time comparisons)."""
-        got = token.encode("ascii", "replace")
-        ok = False
-        for t in self.peer_tokens():
-            ok |= hmac.compare_digest(got, t.encode("ascii"))
-        return ok
 
     # Rotation: install everywhere, then use everywhere, then remove the old key.
 

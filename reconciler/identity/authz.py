@@ -19,6 +19,8 @@ reconcilers) may read (viewer) and fetch spores, never change state.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from .names import ACCESS_LEVELS, Access, owner_matches
 
 _MEMBER_OWN = ("agent", "edge", "reconciler")
@@ -70,3 +72,60 @@ def allows(have: str | None, need: Access) -> bool:
     if have not in ACCESS_LEVELS:
         return False
     return ACCESS_LEVELS.index(have) >= ACCESS_LEVELS.index(need)
+
+
+# HTTP routes: what each (method, route) needs. One table for every server of the mesh (the
+# agent API, the reconciler's repo and control API, their dashboards and metrics); a route
+# an application registers without a row here is refused at start-up
+# (:mod:`.httpauth`). HEAD is checked as GET.
+#
+#   public    anybody (the handler authenticates by itself, e.g. a join token)
+#   member    a member certificate (agent, edge or reconciler): peer spore fetch, renewal
+#   viewer    any verified identity: people of every access level, and members
+#   operator  people with operator or admin access
+#   admin     people with admin access
+
+Need = Literal["public", "member", "viewer", "operator", "admin"]
+
+ROUTE_ACCESS: dict[tuple[str, str], Need] = {
+    # the agent API
+    ("GET", "/v1/node"): "viewer",
+    ("GET", "/v1/instances"): "viewer",
+    ("GET", "/v1/fabric"): "viewer",
+    ("GET", "/v1/logs/{instance}"): "viewer",
+    # spores: the reconciler's repo and every agent (for its peers)
+    ("GET", "/spores/{digest}"): "member",
+    # the reconciler's control API
+    ("GET", "/v1/status"): "viewer",
+    ("GET", "/v1/apps/{app}/history"): "viewer",
+    ("POST", "/v1/apps/{app}/{verb}"): "operator",  # suspend, resume, rollback
+    ("POST", "/v1/nodes/{node}/{verb}"): "operator",  # drain, undrain
+    # certificates (the reconciler)
+    ("POST", "/v1/enrol"): "public",  # the handler checks the one-time join token
+    ("POST", "/v1/renew"): "member",
+    ("POST", "/v1/revoke"): "admin",
+    # observe, on every member
+    ("GET", "/metrics"): "viewer",
+    ("GET", "/ui"): "public",  # the page and its static files hold no data
+    ("GET", "/ui/"): "public",
+    ("GET", "/ui/static/{name}"): "public",
+    ("GET", "/ui/status"): "viewer",
+    ("GET", "/ui/events"): "viewer",
+}
+
+
+def route_need(method: str, route: str) -> Need | None:
+    """What ``method`` on ``route`` (aiohttp's canonical form, e.g. ``/v1/nodes/{node}/{verb}``)
+    needs; None if the table has no row (such a route is never served)."""
+    m = method.upper()
+    return ROUTE_ACCESS.get(("GET" if m == "HEAD" else m, route))
+
+
+def permits(role: str | None, access: str | None, need: Need) -> bool:
+    """Whether a caller may use a route that needs ``need``: ``role`` is a certificate's
+    role (None for a bearer token), ``access`` its HTTP access (:func:`access_of`)."""
+    if need == "public":
+        return True
+    if need == "member":
+        return role in _MEMBER_OWN
+    return allows(access, need)

@@ -1,8 +1,13 @@
 """``myco up``: a whole local mesh — reconciler, N agents, an edge — as child processes.
 
 The mesh is an ordinary set of ``myco`` processes on loopback, wired exactly as they would
-be across hosts (gossip with an encrypted keyring, spores fetched over HTTP and verified
-against a trust policy). ``myco up`` only starts, watches and stops them: a child that
+be across hosts (gossip with an encrypted keyring, every fabric record signed by its
+writer's certificate, spores fetched over HTTP and verified against a trust policy). The
+dev identity's CA issues each child its certificate (``<state>/<child>/identity``, as
+``myco cert issue`` does) before it starts; the reconciler holds the issuing CA too
+(``--ca``), so the children renew their certificates there as they would across hosts. Their
+HTTP listeners are on loopback and stay plain and open (``--loopback-http``): the verbs and
+the dashboards need no credentials. ``myco up`` only starts, watches and stops them: a child that
 exits is started again on the same addresses and state (see
 :meth:`~reconciler.mesh.supervisor.Supervisor.supervise`), so the workloads keep serving
 while the control plane is down. It runs through :func:`reconciler.aio.run_until_signalled`:
@@ -30,7 +35,7 @@ from reconciler.aio import Service, guard
 from reconciler.client import fetch_snapshot
 from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.home import MeshRecord
-from reconciler.mesh.identity import Identity, ensure_identity
+from reconciler.mesh.identity import Identity, ensure_ca, ensure_identity
 from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
 from reconciler.observe.status import MeshStatus, build_status
 from reconciler.ports import free_port
@@ -88,6 +93,8 @@ class MeshPlan:
     edge: ChildSpec
     record: MeshRecord
     reconciler_url: str  # its repo, control API and dashboard
+    #: (role, certificate name, identity directory) of every child, issued before they start
+    identities: tuple[tuple[str, str, Path], ...] = ()
 
     @property
     def children(self) -> list[ChildSpec]:
@@ -110,8 +117,10 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
     seeds = gossip[: min(3, opts.nodes)]
     agents: list[ChildSpec] = []
     apis: list[str] = []
+    identities: list[tuple[str, str, Path]] = []
     for i in range(opts.nodes):
         node = f"node-{i + 1}"
+        identities.append(("agent", node, opts.state / "agents" / node / "identity"))
         api_port = _free_port(host)
         apis.append(f"http://{format_addr(host, api_port)}")
         agents.append(
@@ -133,6 +142,9 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
                     str(ident.gossip_key),
                     "--trust",
                     str(ident.trust),
+                    "--identity",
+                    str(identities[-1][2]),
+                    "--loopback-http",
                     "--wither-on-exit",
                     *(["--join", *[s for s in seeds if s != gossip[i]]] if i else []),
                 ],
@@ -141,6 +153,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             )
         )
     repo_addr = format_addr(host, _free_port(host))
+    identities.append(("reconciler", "reconciler", opts.state / "reconciler" / "identity"))
     reconciler = ChildSpec(
         name="reconciler",
         argv=[
@@ -160,6 +173,11 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             repo_addr,
             "--key",
             str(ident.signing_key),
+            "--identity",
+            str(identities[-1][2]),
+            "--ca",  # it renews the others' certificates (and its own)
+            str(ident.root),
+            "--loopback-http",
             "--gossip-bind",
             gossip[opts.nodes],
             "--gossip-key",
@@ -174,6 +192,7 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
     edge_host, edge_port = edge_addr(opts.edge)
     edge_listen = format_addr(edge_host, edge_port)
     edge_admin = format_addr(host, _free_port(host))
+    identities.append(("edge", "edge", opts.state / "edge" / "identity"))
     edge = ChildSpec(
         name="edge",
         argv=[
@@ -190,6 +209,9 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
             gossip[opts.nodes + 1],
             "--gossip-key",
             str(ident.gossip_key),
+            "--identity",
+            str(identities[-1][2]),
+            "--loopback-http",
             *(
                 ["--data-plane", "haproxy", "--state", str(opts.state / "edge-haproxy")]
                 if opts.data_plane == "haproxy"
@@ -212,7 +234,18 @@ def plan_mesh(opts: UpOptions, ident: Identity) -> MeshPlan:
         seeds=seeds,
         started_at=time.time(),
     )
-    return MeshPlan(agents, reconciler, edge, record, f"http://{repo_addr}")
+    return MeshPlan(agents, reconciler, edge, record, f"http://{repo_addr}", tuple(identities))
+
+
+def issue_identities(plan: MeshPlan, ident: Identity) -> None:
+    """A fresh certificate for every child, from the dev identity's issuing CA (what
+    ``myco cert issue`` does); a restarted child renews its own."""
+    from reconciler.identity.enrol import issue_to_dir
+
+    issuer = ident.ca.issuer()
+    now = time.time()
+    for role, name, directory in plan.identities:
+        issue_to_dir(issuer, role, name, directory, now=now)
 
 
 def _check(opts: UpOptions) -> None:
@@ -253,8 +286,14 @@ async def run_up(opts: UpOptions, say: Callable[[str], None], service: Service) 
     opts.state.mkdir(parents=True, exist_ok=True)
     ident, created = ensure_identity(opts.state / "identity")
     if created:
-        say(f"created a dev identity in {ident.root} (signing key, trust policy, gossip key)")
+        say(
+            f"created a dev identity in {ident.root} (signing key, trust policy, gossip key, "
+            "mesh CA)"
+        )
+    elif ensure_ca(ident):
+        say(f"added a mesh CA to the dev identity in {ident.root}")
     plan = plan_mesh(opts, ident)
+    issue_identities(plan, ident)
     sup = Supervisor(opts.restart, say)
     record_path = opts.state / "mesh.json"
 

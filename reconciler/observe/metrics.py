@@ -7,7 +7,7 @@ components in one process or one test never share series) and serves it with
 - the fabric view, read at scrape time (:class:`MeshCollector`): app sync / health /
   rollout phase, instances by phase, restarts, node capacity and free credits;
 - the fabric member itself (:class:`FabricCollector`): members by state, packets and bytes,
-  packets dropped by reason;
+  packets dropped by reason, records of others refused by reason (signed records);
 - the component's own instruments: :class:`ReconcileMetrics` (duration histogram, errors)
   and :class:`EdgeMetrics` (requests by app and code, latency histogram), and callbacks
   (:meth:`Metrics.gauge_callback`, :meth:`Metrics.counter_callback`).
@@ -176,6 +176,16 @@ class FabricCollector(Collector):
         for state, n in counts.items():
             members.add_metric([state], float(n))
         yield members
+        refused_records = getattr(self._fabric, "refused_records", None)
+        if callable(refused_records):  # a fabric with signed records (a record guard)
+            refused = CounterMetricFamily(
+                "myco_fabric_records_refused",
+                "Fabric records of others refused (signature, certificate, authorization...)",
+                labels=["reason"],
+            )
+            for reason, n in sorted(refused_records().items()):
+                refused.add_metric([reason], float(n))
+            yield refused
         stats = getattr(self._fabric, "stats", None)
         if stats is None:
             return
@@ -389,6 +399,16 @@ class Metrics:
     def add_edge_stats(self, lifetime: LifetimeCounters) -> None:
         """Export the edge's lifetime counters (requests by app and code, latency)."""
         self.registry.register(EdgeStatsCollector(lifetime))
+
+    def add_http_auth(self, refused: Mapping[str, int]) -> None:
+        """Export an HTTP server's authentication refusals by reason (``no-credentials``,
+        ``expired``, ``revoked``, ``wrong-ca``, ``forbidden``...), read at scrape time."""
+        self.counter_callback(
+            "myco_http_auth_refused",
+            "HTTP requests refused by authentication (401) or authorization (403), by reason",
+            lambda: {(reason,): n for reason, n in refused.items()},
+            ("reason",),
+        )
 
     def gauge_callback(
         self, name: str, doc: str, fn: Callable[[], Samples], labels: tuple[str, ...] = ()

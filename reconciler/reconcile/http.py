@@ -10,18 +10,28 @@
 
 A standby answers the POSTs with 409 and the name of the active reconciler. The server
 binds loopback unless told otherwise (the agents fetch spores from it).
+
+With the reconciler's identity (``live``) the server is HTTPS with mutual TLS and every
+route is authenticated and authorized by :class:`~reconciler.identity.httpauth.HttpAuth`
+(:data:`~reconciler.identity.authz.ROUTE_ACCESS`: spores for members, reads for viewers,
+the verbs for operators); every state-changing call goes to the audit log. Without one it
+is open (loopback, ``myco up``). ``extra_routes`` mounts more routes on the same server
+(the certificate routes: enrolment, renewal, revocation); each needs a row in the table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from reconciler.errors import MycoError
+from reconciler.identity.audit import AuditLog
+from reconciler.identity.httpauth import HttpAuth
 from reconciler.observe.metrics import Metrics
 from reconciler.observe.ui import setup_ui
 from reconciler.reconcile.builder import Overrides
@@ -30,8 +40,12 @@ from reconciler.reconcile.loop import ReconcileLoop
 from reconciler.repo import SporeRepo
 from reconciler.repo.http import spore_routes
 
+if TYPE_CHECKING:
+    from reconciler.identity.live import LiveIdentity
+
 log = logging.getLogger("myco.reconciler.http")
 RECONCILER_KEY = web.AppKey("reconciler", ReconcileLoop)
+HTTP_AUTH_KEY = web.AppKey("http_auth", HttpAuth)
 
 
 def status_json(rec: ReconcileLoop) -> dict[str, Any]:
@@ -51,9 +65,25 @@ def status_json(rec: ReconcileLoop) -> dict[str, Any]:
     }
 
 
-def make_app(rec: ReconcileLoop, repo: SporeRepo | None) -> web.Application:
-    app = web.Application()
+def make_app(
+    rec: ReconcileLoop,
+    repo: SporeRepo | None,
+    live: LiveIdentity | None = None,
+    extra_routes: Iterable[web.AbstractRouteDef] = (),
+    audit: AuditLog | None = None,
+    *,
+    open_access: bool = False,
+) -> web.Application:
+    """The reconciler's application. Serve it with ``ssl_context=live.server_ssl`` when
+    ``live`` is given (:func:`reconciler.webserve.start_app`); ``app[HTTP_AUTH_KEY]`` is its
+    :class:`HttpAuth`. ``audit``: where state-changing calls are written (the caller's
+    ``<state>/audit.log``; None: only logged). ``open_access``: nobody is asked for
+    credentials even with ``live`` (the caller makes sure the bind is loopback:
+    :func:`reconciler.identity.httpauth.listener_auth`)."""
+    auth = HttpAuth(live, audit=audit, open_access=open_access)
+    app = web.Application(middlewares=[auth.middleware])
     app[RECONCILER_KEY] = rec
+    app[HTTP_AUTH_KEY] = auth
     if repo is not None:
         app.add_routes(spore_routes(repo))
     app.router.add_get("/v1/status", _status)
@@ -62,8 +92,11 @@ def make_app(rec: ReconcileLoop, repo: SporeRepo | None) -> web.Application:
     app.router.add_post("/v1/nodes/{node}/{verb:drain|undrain}", _node_verb)
     # observe: the whole mesh's metrics and the live dashboard, from the fabric view
     rec.metrics = Metrics("reconciler", rec.fabric, scope="mesh")
+    rec.metrics.add_http_auth(auth.refused)
     app.router.add_get("/metrics", rec.metrics.handler)
     setup_ui(app, rec.fabric)
+    app.add_routes(extra_routes)
+    auth.check_routes(app)  # a route without a row in the access table: refused here
     return app
 
 

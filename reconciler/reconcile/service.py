@@ -14,6 +14,16 @@ the parts are put together and run through :func:`reconciler.aio.run_until_signa
 The spore/control URL published to agents is ``--repo-url`` if given, else the served one:
 for a wildcard ``--repo-listen``, ``http://<advertised gossip host>:<port>``.
 
+Identity (:class:`~reconciler.identity.enrol.IdentitySpec`): with ``--ca DIR`` (or a mesh
+identity holding ``issuer.key`` beside the state, as ``myco up`` lays it out) the
+reconciler issues its own certificate at start into ``--identity`` (default
+``<state>/identity``; ``<state>/member`` when that is the mesh identity of ``myco init``)
+and serves enrolment, renewal and revocation (:mod:`.ca_http`); without, it uses the
+certificate in ``--identity``. Its certificate's name is the cert part of ``--name``, else
+the name already held, else the host name; its fabric member name is ``--name``, else
+``<cert name>#<pid>`` (a restarted reconciler is a new member). The certificate is renewed
+by a task of the service: from the issuing CA, else at another reconciler.
+
 A graceful stop (SIGINT/SIGTERM) cancels the tasks, gives the lease up, stops the server and
 leaves the fabric, in that order.
 """
@@ -26,24 +36,44 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.addr import is_wildcard, parse_addr
 from reconciler.aio import Service, run_until_signalled, stop_tasks
-from reconciler.errors import UsageError
+from reconciler.clock import RealClock
+from reconciler.errors import ConfigError, IdentityError, UsageError
 from reconciler.fabric.api import FabricAPI
 from reconciler.fabric.joining import JoinSettings
 from reconciler.files import atomic_write
 from reconciler.home import MeshRecord
+from reconciler.identity.ca import Issuer
+from reconciler.identity.enrol import (
+    IdentitySpec,
+    issue_own,
+    obtain,
+    reissue,
+    renew_in_fabric,
+    renewal_loop,
+)
+from reconciler.identity.layout import CADir, MemberDir
+from reconciler.identity.live import LiveIdentity
+from reconciler.identity.member import MemberIdentity
+from reconciler.identity.names import check_name, owner_matches
+from reconciler.identity.names import member_name as with_suffix
 from reconciler.logs import announce
 from reconciler.reconcile.builder import Overrides, SporeBuilder
 from reconciler.reconcile.lease import LeaseConfig
 from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings, load_overrides
 from reconciler.reconcile.source import DirSource, GardenSource, GitSource
+
+if TYPE_CHECKING:
+    from reconciler.reconcile.ca_http import CAService
 
 log = logging.getLogger("myco.reconciler")
 
@@ -65,9 +95,34 @@ class MemberConfig:
     listen: str = "127.0.0.1:0"  # the repo + control API
     public_url: str = ""  # what agents fetch spores from (default: the served URL)
     build_timeout_s: float = 600.0  # one dependency installer or build command run
+    identity: IdentitySpec | None = None  # --identity / --ca; None: no identity
 
-    def member_name(self) -> str:
-        return self.name or f"reconciler-{socket.gethostname()}-{os.getpid()}"
+    def member_name(self, live: LiveIdentity | None = None) -> str:
+        """The fabric member name (see the module docstring)."""
+        if live is None:
+            return self.name or f"reconciler-{socket.gethostname()}-{os.getpid()}"
+        if not self.name:
+            return with_suffix(live.name, str(os.getpid()))
+        if not owner_matches(live.name, self.name):
+            raise ConfigError(
+                f"--name {self.name} does not match the certificate's name {live.name}: give "
+                f"{live.name} or {live.name}#SUFFIX (or leave --name out)"
+            )
+        return self.name
+
+    def cert_name(self, held: str | None) -> str:
+        """The name this reconciler's own certificate is issued for (with ``--ca``)."""
+        if self.name:
+            return check_name(self.name.partition("#")[0], "--name")
+        if held:
+            return held
+        host = socket.gethostname().split(".")[0][:63] or "reconciler"
+        try:
+            return check_name(host, "the host name")
+        except IdentityError as exc:
+            raise ConfigError(
+                f"{exc}: give --name NAME for this reconciler's certificate"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -134,16 +189,18 @@ async def main(
     state.mkdir(parents=True, exist_ok=True)
     overrides_path = state / "overrides.json"
     overrides = load_overrides(overrides_path)
-    member = open_member(config.member, source, config.settings(), overrides, open_fabric)
-    async with member as rec:
+    member = open_member_parts(config.member, source, config.settings(), overrides, open_fabric)
+    async with member as parts:
+        rec = parts.rec
         rec.overrides_path = overrides_path
         tasks = [service.spawn("the reconcile loop", rec.run())]
         tasks += _spawn_notifiers(service, config.webhooks, rec.fabric)
+        tasks += _spawn_identity(service, parts)
         info = state / INFO_FILE
         try:
             record = {"name": rec.fabric.name, "control_url": rec.control_url, "pid": os.getpid()}
             atomic_write(info, json.dumps(record, indent=2) + "\n", durable=False)
-            announce("%s", startup_line(rec, config))
+            announce("%s", startup_line(rec, config, parts))
             await service.stopping.wait()
         finally:
             await stop_tasks(tasks)  # before the server and the fabric they use go away
@@ -151,12 +208,43 @@ async def main(
                 info.unlink()
 
 
-def startup_line(rec: ReconcileLoop, config: ReconcileConfig) -> str:
+def startup_line(
+    rec: ReconcileLoop, config: ReconcileConfig, parts: MemberParts | None = None
+) -> str:
     gossip = config.member.join.describe(getattr(rec.fabric, "addr", "") or "?")
-    return (
+    line = (
         f"reconciler {rec.fabric.name}: {config.garden.describe()}, repo and control API "
         f"{rec.control_url}, dashboard {rec.control_url}/ui/, gossip {gossip}"
     )
+    if parts is not None and parts.live is not None:
+        line += f", identity reconciler {parts.live.name}"
+        if parts.issuer is not None:
+            line += " (issuing CA: enrols, renews and revokes members)"
+    elif parts is not None:
+        line += ", no identity (unsigned records)"
+    return line
+
+
+def _spawn_identity(service: Service, parts: MemberParts) -> list[asyncio.Task[None]]:
+    """The certificate's renewal, and the revocation list kept in the fabric."""
+    live = parts.live
+    if live is None:
+        return []
+    republish = getattr(parts.rec.fabric, "identity_renewed", None)
+    if republish is not None:
+        live.on_renewed(republish)
+    issuer = parts.issuer
+    fabric = parts.rec.fabric
+
+    async def renew() -> MemberIdentity:
+        if issuer is not None:
+            return reissue(issuer, live.member, now=live.wall())
+        return await renew_in_fabric(fabric, live)
+
+    tasks = [service.spawn("certificate renewal", renewal_loop(live, renew, clock=RealClock()))]
+    if parts.ca is not None:
+        tasks.append(service.spawn("the revocation list", parts.ca.follow()))
+    return tasks
 
 
 def _spawn_notifiers(
@@ -174,11 +262,34 @@ def _spawn_notifiers(
 
 
 def _identity_dir(state: Path) -> Path | None:
-    """``<state>/identity``, else ``<state>/../identity`` (as ``myco up`` lays it out)."""
+    """The mesh identity (``myco init``'s: signing key, keyring, CA): ``<state>/identity``,
+    else ``<state>/../identity`` (as ``myco up`` lays it out)."""
     for candidate in (state / "identity", state.parent / "identity"):
-        if candidate.is_dir():
+        if (candidate / "signing.key").is_file() or (candidate / "gossip.key").is_file():
             return candidate
     return None
+
+
+def default_member_dir(state: Path) -> Path:
+    """Where a reconciler keeps its own certificate by default: ``<state>/identity``,
+    unless that is a mesh identity (``myco init``'s), then ``<state>/member``."""
+    plain = state / "identity"
+    if _identity_dir(state) == plain or any(
+        (plain / f).is_file() for f in ("ca.key", "issuer.key")
+    ):
+        return state / "member"
+    return plain
+
+
+def resolve_identity(spec: IdentitySpec | None, state: Path) -> IdentitySpec | None:
+    """``spec`` with the issuing CA filled in from the mesh identity beside ``state`` when
+    it holds one (``myco up``'s layout) and ``--ca`` was not given."""
+    if spec is None or spec.ca is not None:
+        return spec
+    mesh = _identity_dir(state)
+    if mesh is not None and (mesh / "issuer.key").is_file():
+        return replace(spec, ca=mesh)
+    return spec
 
 
 def identity_gossip_key(state: Path) -> Path | None:
@@ -208,7 +319,43 @@ def resolve(config: MemberConfig) -> MemberConfig:
         if record is not None and record.seeds:
             join = replace(join, seeds=tuple(record.seeds))
     key = config.key or (identity / "signing.key" if identity is not None else None)
-    return replace(config, join=join, key=key)
+    return replace(
+        config, join=join, key=key, identity=resolve_identity(config.identity, config.state)
+    )
+
+
+async def member_identity(config: MemberConfig) -> tuple[LiveIdentity | None, Issuer | None]:
+    """The reconciler's identity, issued now from its CA if it has one; and that issuer."""
+    spec = config.identity
+    if spec is None:
+        return None, None
+    cluster = config.join.cluster
+    if spec.ca is None:
+        live = await obtain(spec, "reconciler", cluster)
+        return live, None
+    ca = CADir(spec.ca)
+    if not (ca.issuer_cert.is_file() and ca.issuer_key.is_file()):
+        raise ConfigError(f"--ca {spec.ca}: no issuing CA there (issuer.crt and issuer.key)")
+    issuer = ca.issuer()
+    mdir = MemberDir(spec.dir)
+    held = None
+    if mdir.cert.is_file():
+        try:
+            held = mdir.load().name
+        except (ConfigError, IdentityError):
+            held = None
+    issue_own(ca, spec.dir, config.cert_name(held), now=time.time())
+    return LiveIdentity(mdir, cluster), issuer
+
+
+@dataclass
+class MemberParts:
+    """What :func:`open_member_parts` yields: the loop, and the identity it runs with."""
+
+    rec: ReconcileLoop
+    live: LiveIdentity | None = None
+    issuer: Issuer | None = None
+    ca: CAService | None = None
 
 
 @contextlib.asynccontextmanager
@@ -220,6 +367,21 @@ async def open_member(
     open_fabric: FabricOpener | None = None,
 ) -> AsyncIterator[ReconcileLoop]:
     """A ReconcileLoop joined to the fabric, its repo + control API served (not yet run)."""
+    async with open_member_parts(config, source, settings, overrides, open_fabric) as parts:
+        yield parts.rec
+
+
+@contextlib.asynccontextmanager
+async def open_member_parts(
+    config: MemberConfig,
+    source: GardenSource,
+    settings: ReconcileSettings,
+    overrides: Overrides | None = None,
+    open_fabric: FabricOpener | None = None,
+) -> AsyncIterator[MemberParts]:
+    """:func:`open_member`, with the identity it runs with (its renewal is the caller's)."""
+    from reconciler.identity.audit import AuditLog
+    from reconciler.reconcile.ca_http import CAService
     from reconciler.reconcile.http import make_app
     from reconciler.repo import SporeRepo
     from reconciler.spore.deps import BuildSettings
@@ -228,9 +390,13 @@ async def open_member(
     config = resolve(config)
     host, port = parse_addr(config.listen, what="--repo-listen", error=UsageError)
     repo = SporeRepo(config.repo or config.state / "repo")
-    name = config.member_name()
+    live, issuer = await member_identity(config)
+    name = config.member_name(live)
     opener: FabricOpener = open_fabric or partial(
-        config.join.open, state_dir=config.state / "fabric", leave_on_exit=True
+        config.join.open,
+        state_dir=config.state / "fabric",
+        leave_on_exit=True,
+        guard=live.guard if live is not None else None,
     )
     async with opener(name) as fabric:
         builder = SporeBuilder(
@@ -240,14 +406,36 @@ async def open_member(
             settings=BuildSettings(timeout_s=config.build_timeout_s),
         )
         rec = ReconcileLoop(fabric, source, builder, settings, overrides=overrides)
+        ca = None
+        if live is not None:
+
+            def lease() -> tuple[bool, str]:
+                return rec.lease.active, rec.lease.holder
+
+            ca = CAService(issuer=issuer, live=live, state=config.state, fabric=fabric, lease=lease)
+        # mutual TLS with the identity, unless --loopback-http (myco up: plain on loopback)
+        spec = config.identity
+        http_live = None if spec is None or spec.loopback_http else live
+        app = make_app(
+            rec,
+            repo,
+            live=http_live,
+            extra_routes=ca.routes() if ca is not None else (),
+            audit=AuditLog.in_state(config.state),
+        )
         runner, served = await start_app(
-            make_app(rec, repo), host, port, "the repo", advertise_host=advertised_host(fabric)
+            app,
+            host,
+            port,
+            "the repo",
+            advertise_host=advertised_host(fabric),
+            ssl_context=http_live.server_ssl if http_live is not None else None,
         )
         try:
             url = (config.public_url or served).rstrip("/")
             rec.settings = replace(rec.settings, fetch_urls=(url,))
             rec.control_url = url
-            yield rec
+            yield MemberParts(rec, live, issuer, ca)
         finally:
             rec.lease.release()
             await runner.cleanup()

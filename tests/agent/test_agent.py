@@ -29,6 +29,7 @@ from reconciler.records import (
 from reconciler.spore.trust import TrustPolicy
 from tests.agent.mesh import instance_seen, make_spore, one, publish_intent, serve_repo
 from tests.helpers import async_wait_for
+from tests.identity.pki import Pki
 
 
 @dataclass
@@ -39,11 +40,13 @@ class Mesh:
     digest: str
     url: str
     node: str
+    pki: Pki  # the mesh CA the agent's identity (and its API's clients) come from
 
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     spore, digest, pub = make_spore(tmp_path)
+    pki = Pki(tmp_path / "pki")
     async with (
         serve_repo(tmp_path / "repo") as (repo, url),
         open_fabric("reconciler", state_dir=tmp_path / "rf") as rec,
@@ -58,13 +61,13 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
                 resync_s=0.2,
                 drain_delay_s=0.05,
                 drain_timeout_s=5.0,
-                api_auth="token",
             )
-            agent = Agent(cfg, fab, TrustPolicy.load([pub]))
+            live = pki.live("agent", node)  # its API: mutual TLS, even on loopback
+            agent = Agent(cfg, fab, TrustPolicy.load([pub]), live=live)
             task = asyncio.ensure_future(agent.run())
             try:
                 await async_wait_for(agent.ready.is_set, what="agent ready")
-                yield Mesh(rec, agent, fab, digest, url, node)
+                yield Mesh(rec, agent, fab, digest, url, node, pki)
             finally:
                 # wither whatever is left so no process outlives the test
                 publish_intent(rec, node, 10**6)
@@ -159,53 +162,56 @@ async def test_local_api(mesh: Mesh) -> None:
         within=30,
         what="ready",
     )
-    token = (agent.config.state_dir / "api.token").read_text().strip()
     base = agent.api_url
-    async with aiohttp.ClientSession() as s:
+    assert base.startswith("https://")
+    nobody = aiohttp.TCPConnector(ssl=mesh.pki.client(None))  # trusts the mesh, shows no cert
+    async with aiohttp.ClientSession(connector=nobody) as s:
         for path in ("/v1/node", "/v1/instances", "/metrics", f"/spores/{mesh.digest}"):
             async with s.get(base + path) as resp:
                 assert resp.status == 401, path
             async with s.get(base + path, headers={"Authorization": "Bearer nope"}) as resp:
                 assert resp.status == 401, path
-        auth = {"Authorization": f"Bearer {token}"}
-        async with s.get(base + "/v1/node", headers=auth) as resp:
+    # a peer's member certificate opens every route (reads and spores)
+    peer = aiohttp.TCPConnector(ssl=mesh.pki.client(mesh.pki.member("agent", "node-b")))
+    async with aiohttp.ClientSession(connector=peer) as s:
+        async with s.get(base + "/v1/node") as resp:
             body = await resp.json()
             assert body["node_id"] == node
             assert body["enforcement"] == agent.enforcer.mechanism
-        async with s.get(base + "/v1/instances", headers=auth) as resp:
+        async with s.get(base + "/v1/instances") as resp:
             (inst,) = await resp.json()
             assert inst["instance_id"] == "web-1"
-        async with s.get(base + "/v1/fabric?prefix=intents/", headers=auth) as resp:
+        async with s.get(base + "/v1/fabric?prefix=intents/") as resp:
             (entry,) = (await resp.json())["entries"]
             assert entry["owner"] == "reconciler"
-        async with s.get(base + f"/spores/{mesh.digest}", headers=auth) as resp:
+        async with s.get(base + f"/spores/{mesh.digest}") as resp:
             assert resp.status == 200
             import hashlib
 
             assert hashlib.sha256(await resp.read()).hexdigest() == mesh.digest
-        async with s.get(base + "/metrics", headers=auth) as resp:
+        async with s.get(base + "/metrics") as resp:
             text = await resp.text()
             ready = [ln for ln in text.splitlines() if ln.startswith("myco_instances{")]
             assert any('phase="ready"' in ln and ln.endswith(" 1.0") for ln in ready), text
-        async with s.get(base + "/v1/logs/web-1", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/web-1") as resp:
             assert "starting web-1 on port" in await resp.text()
         # a rotated file comes first; ``since`` leaves out files written before it
         log = agent.state.log_path("web-1")
         old = log.with_name(log.name + ".1")
         old.write_text("from before the rotation\n")
-        async with s.get(base + "/v1/logs/web-1", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/web-1") as resp:
             text = await resp.text()
             assert text.startswith("from before the rotation\n")
             assert "starting web-1" in text
         os.utime(old, (time.time() - 3600, time.time() - 3600))
-        async with s.get(base + "/v1/logs/web-1?since=60", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/web-1?since=60") as resp:
             assert "from before" not in await resp.text()
-        async with s.get(base + "/v1/logs/web-1?since=x", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/web-1?since=x") as resp:
             assert resp.status == 400
-        async with s.get(base + "/v1/logs/nope", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/nope") as resp:
             assert resp.status == 404
         # follow: the stream stays open and delivers what is written later
-        async with s.get(base + "/v1/logs/web-1?follow=1&tail=1", headers=auth) as resp:
+        async with s.get(base + "/v1/logs/web-1?follow=1&tail=1") as resp:
             first = await asyncio.wait_for(resp.content.readline(), 10)
             assert first
             log = agent.state.log_path("web-1")

@@ -43,8 +43,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (
             ["agent", "--node", "n", "--state", "{tmp}/s", "--api", "0.0.0.0:0"],
             1,
-            "agent: refusing to serve the agent API in plaintext on 0.0.0.0:0 without a "
-            "keyring: give --gossip-key FILE, or --insecure",
+            "agent: refusing to serve the agent API in plaintext on 0.0.0.0:0 without an "
+            "identity: give --identity DIR (mutual TLS), or --insecure",
         ),
         (
             ["agent", "--node", "n", "--state", "{tmp}/s", "--gossip-bind", "0.0.0.0:0"]

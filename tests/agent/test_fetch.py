@@ -158,9 +158,7 @@ async def test_falls_over_to_a_peer_refusing_one_that_serves_other_bytes(tmp_pat
             good = [Peer("good", peer_url)] if len(asked) > 1 else []
             return [Peer("liar", liar_url), *good]
 
-        cache = SporeCache(
-            tmp_path / "state", TrustPolicy.load([pub]), s, FAST, peers=peers, peer_token="tok"
-        )
+        cache = SporeCache(tmp_path / "state", TrustPolicy.load([pub]), s, FAST, peers=peers)
         # the repo URLs come first: a live repo without the spore, then a dead one
         got = await cache.prepare(digest, (repo_url, dead_repo))
         assert got.manifest.name == "web"
@@ -168,8 +166,8 @@ async def test_falls_over_to_a_peer_refusing_one_that_serves_other_bytes(tmp_pat
         assert liar_seen == [f"/spores/{digest}"]  # refused once, never asked again
         assert peer_seen == [f"/spores/{digest}"]
         assert asked == [digest, digest]
-        # the credential goes to peers only, never to the repo
-        assert peer_auth == ["Bearer tok"]
+        # no shared secret goes anywhere: members prove who they are with certificates
+        assert peer_auth == [""]
         assert repo_auth == ["", ""]
         assert cache.serves(digest)
         assert cache.verified() == [digest]

@@ -2,8 +2,8 @@
 
 Agent A fetches a spore from the reconciler's repo and runs it; the repo goes away (its
 host died); agent B, told to run the same digest from the dead repo URL only, fetches it
-from A (found through A's node record) and runs it. A's API lets peers in with the mesh's
-credential on the spore route only.
+from A (found through A's node record) over mutual TLS with its own certificate, and runs
+it. A's spore route serves members only: not people, not another mesh, not a revoked one.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -18,21 +19,23 @@ from pathlib import Path
 import aiohttp
 
 from reconciler.agent.agent import Agent, AgentConfig
-from reconciler.agent.api import TOKEN_FILE
 from reconciler.fabric import Fabric, open_fabric
 from reconciler.fabric.joining import JoinSettings
 from reconciler.fabric.keyring import Keyring
+from reconciler.identity import MemberDir
 from reconciler.records import KEY_NODE, InstanceRecord, NodeRecord, Nutrients
 from reconciler.spore.trust import TrustPolicy
 from tests.agent.mesh import instance_seen, make_spore, one, publish_intent, serve_repo
 from tests.helpers import async_wait_for
+from tests.identity.pki import Pki
 
 
 @asynccontextmanager
 async def running_agent(
-    tmp: Path, node: str, rec: Fabric, ring: Keyring, key_file: Path, pub: Path
+    tmp: Path, node: str, rec: Fabric, ring: Keyring, key_file: Path, pub: Path, pki: Pki
 ) -> AsyncIterator[tuple[Agent, Fabric]]:
-    """A real agent whose API wants a token even on loopback (so the credential counts)."""
+    """A real agent with its identity: its API is mutual TLS even on loopback, and it
+    fetches from its peers with its own certificate."""
     async with open_fabric(
         node, seeds=[rec.addr], keyring=ring, state_dir=tmp / f"{node}-fabric"
     ) as fab:
@@ -44,9 +47,8 @@ async def running_agent(
             resync_s=0.2,
             drain_delay_s=0.05,
             drain_timeout_s=5.0,
-            api_auth="token",
         )
-        agent = Agent(cfg, fab, TrustPolicy.load([pub]))
+        agent = Agent(cfg, fab, TrustPolicy.load([pub]), live=pki.live("agent", node))
         task = asyncio.ensure_future(agent.run())
         try:
             await async_wait_for(agent.ready.is_set, what=f"{node} ready")
@@ -73,6 +75,7 @@ def announces(fab: Fabric, node: str, digest: str) -> bool:
 
 async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> None:
     spore, digest, pub = make_spore(tmp_path)
+    pki = Pki(tmp_path / "pki")
     ring = Keyring.generate()
     key_file = tmp_path / "gossip.key"
     ring.save(key_file)
@@ -85,10 +88,10 @@ async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> 
         stack.push_async_exit(repo_cm)  # (exited early below; a second exit is harmless)
         await asyncio.to_thread(repo.put, spore)
         a, fab_a = await stack.enter_async_context(
-            running_agent(tmp_path, "node-a", rec, ring, key_file, pub)
+            running_agent(tmp_path, "node-a", rec, ring, key_file, pub, pki)
         )
         b, fab_b = await stack.enter_async_context(
-            running_agent(tmp_path, "node-b", rec, ring, key_file, pub)
+            running_agent(tmp_path, "node-b", rec, ring, key_file, pub, pki)
         )
 
         publish_intent(rec, "node-a", 1, one("web-a", "web", digest, (repo_url,)))
@@ -120,7 +123,8 @@ async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> 
         )
         assert ready is not None
         assert b.cache is not None
-        assert b.cache.sources[digest] == a.api_url  # from A
+        assert b.cache.sources[digest] == a.api_url  # from A, over mutual TLS
+        assert a.api_url.startswith("https://")
         async with (
             aiohttp.ClientSession() as s,
             s.get(f"http://{ready.endpoint}/hi") as resp,
@@ -132,14 +136,14 @@ async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> 
         )
 
 
-async def test_the_spore_route_takes_the_peer_credential_and_nothing_else(
+async def test_the_spore_route_takes_a_member_certificate_and_nothing_else(
     tmp_path: Path,
 ) -> None:
     spore, digest, pub = make_spore(tmp_path)
-    new_key = Keyring.generate().primary
-    ring = Keyring([Keyring.generate().primary, new_key])  # mid-rotation: two keys
+    ring = Keyring.generate()
     key_file = tmp_path / "gossip.key"
     ring.save(key_file)
+    pki = Pki(tmp_path / "pki")
     async with AsyncExitStack() as stack:
         rec = await stack.enter_async_context(
             open_fabric("reconciler", keyring=ring, state_dir=tmp_path / "rf")
@@ -147,38 +151,45 @@ async def test_the_spore_route_takes_the_peer_credential_and_nothing_else(
         repo, repo_url = await stack.enter_async_context(serve_repo(tmp_path / "repo"))
         await asyncio.to_thread(repo.put, spore)
         a, _ = await stack.enter_async_context(
-            running_agent(tmp_path, "node-a", rec, ring, key_file, pub)
+            running_agent(tmp_path, "node-a", rec, ring, key_file, pub, pki)
         )
-        s = await stack.enter_async_context(aiohttp.ClientSession())
         spores = f"{a.api_url}/spores/{digest}"
-        peer = {"Authorization": f"Bearer {ring.peer_token()}"}
 
-        async def status(url: str, headers: dict[str, str] | None = None) -> int:
-            async with s.get(url, headers=headers) as resp:
-                return resp.status
+        async def status(
+            who: MemberDir | None, url: str = spores, headers: dict[str, str] | None = None
+        ) -> int | str:
+            connector = aiohttp.TCPConnector(ssl=pki.client(who))
+            try:
+                async with (
+                    aiohttp.ClientSession(connector=connector) as s,
+                    s.get(url, headers=headers) as resp,
+                ):
+                    return resp.status
+            except aiohttp.ClientError:
+                return "refused"
 
-        # not verified here yet: not served, even to a peer with the right credential
-        assert await status(spores, peer) == 404
+        peer = pki.member("agent", "node-b")
+        # not verified here yet: not served, even to a member
+        assert await status(peer) == 404
 
         publish_intent(rec, "node-a", 1, one("web-a", "web", digest, (repo_url,)))
         await async_wait_for(lambda: a.serves_spore(digest), within=30, what="spore verified")
 
-        async with s.get(spores, headers=peer) as resp:
+        connector = aiohttp.TCPConnector(ssl=pki.client(peer))
+        async with aiohttp.ClientSession(connector=connector) as s, s.get(spores) as resp:
             assert resp.status == 200
             assert hashlib.sha256(await resp.read()).hexdigest() == digest
-        # a credential from another keyring, none, or a mangled one: 401
-        stranger = {"Authorization": f"Bearer {Keyring.generate().peer_token()}"}
-        assert await status(spores, stranger) == 401
-        assert await status(spores) == 401
-        assert await status(spores, {"Authorization": ring.peer_token()}) == 401
-        # the peer credential opens the spore route only
-        assert await status(f"{a.api_url}/v1/node", peer) == 401
-        assert await status(f"{a.api_url}/metrics", peer) == 401
-        # the private token still opens everything
-        token = (a.config.state_dir / TOKEN_FILE).read_text().strip()
-        private = {"Authorization": f"Bearer {token}"}
-        assert await status(f"{a.api_url}/v1/node", private) == 200
-        assert await status(spores, private) == 200
-        # key rotation: a peer already sending the new key's credential is let in
-        rotated = Keyring([new_key])
-        assert await status(spores, {"Authorization": f"Bearer {rotated.peer_token()}"}) == 200
+        assert await status(pki.member("edge", "edge-1")) == 200  # any member role
+        # nobody, a person (even an admin), another mesh's member: never
+        assert await status(None) == 401
+        admin = {"Authorization": f"Bearer {pki.token('root', 'admin')}"}
+        assert await status(None, headers=admin) == 403
+        assert await status(pki.member("operator", "alice", access="admin")) == 403
+        assert await status(Pki(tmp_path / "other").member("agent", "node-b")) in ("refused", 401)
+        # a person reads the rest of the API, a member too
+        assert await status(None, f"{a.api_url}/v1/node", admin) == 200
+        assert await status(peer, f"{a.api_url}/v1/node") == 200
+        # a revoked member is refused at its next request
+        assert a.live is not None
+        a.live.verifier.revocations.add("node-b", time.time() + 1)
+        assert await status(peer) == 401

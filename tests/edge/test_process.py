@@ -110,8 +110,8 @@ async def test_startup_line_is_shown_without_verbose(
     [
         (
             ["--route", "a=127.0.0.1:1", "--metrics-listen", "0.0.0.0:0"],
-            "edge: refusing to serve --metrics-listen in plaintext on 0.0.0.0:0 without a "
-            "keyring: give --gossip-key FILE, or --insecure",
+            "edge: refusing to serve --metrics-listen in plaintext on 0.0.0.0:0 without an "
+            "identity: give --identity DIR (mutual TLS), or --insecure",
         ),
         (
             ["--join", "127.0.0.1:7946", "--gossip-bind", "0.0.0.0:7947"],

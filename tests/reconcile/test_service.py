@@ -146,5 +146,5 @@ def test_a_keyless_wildcard_repo_listen_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip() == (
         "myco: error: reconcile: refusing to serve the repo and control API in plaintext on "
-        "0.0.0.0:0 without a keyring: give --gossip-key FILE, or --insecure"
+        "0.0.0.0:0 without an identity: give --identity DIR (mutual TLS), or --insecure"
     )
