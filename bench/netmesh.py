@@ -33,6 +33,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -66,15 +67,20 @@ class GuideError(AssertionError):
 
 @dataclass(frozen=True)
 class Guide:
-    """The commands of docs/deploy.md: the ``myco init`` line, one ``ExecStart=`` per unit
-    (``agent``, ``edge``, ``reconciler``), and the ``myco status`` check line."""
+    """The commands of docs/deploy.md: the ``myco init`` line, the ``myco cert token`` line
+    (a join token per agent and edge host), one ``ExecStart=`` per unit (``agent``,
+    ``edge``, ``reconciler``), and the ``myco status`` check line."""
 
     init: str
     units: dict[str, str]
     status: str
+    token: str
 
     #: example values of the guide, each replaced by the harness (see NetMesh.substitutions)
     SEEDS = ("10.0.0.11", "10.0.0.12")
+    RECONCILERS = ("10.0.0.21", "10.0.0.22")
+    NEW_HOST = "web-3"  # the join token line's host name
+    JOIN_TOKEN = "/etc/myco/join.token"
     GIT_URL = "https://git.example.com/platform/garden.git"
     BINARY = "/opt/myco/bin/myco"
     IDENTITY = "/etc/myco/identity"
@@ -84,7 +90,7 @@ class Guide:
     def load(cls, path: Path = GUIDE) -> Guide:
         text = path.read_text(encoding="utf-8")
         blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
-        init = status = ""
+        init = status = token = ""
         units: dict[str, str] = {}
         for lang, body in blocks:
             joined = re.sub(r"\\\n\s*", " ", body)  # continuation lines
@@ -94,21 +100,28 @@ class Guide:
                         init = line.strip()
                     elif line.startswith("myco status "):
                         status = line.strip()
+                    elif line.startswith("myco cert token "):
+                        token = line.strip()
             elif lang == "ini":
                 m = re.search(r"^# /etc/systemd/system/myco-(\w+)\.service$", body, flags=re.M)
                 execs = re.findall(r"^ExecStart=(.*)$", joined, flags=re.M)
                 if m and len(execs) == 1:
                     units[m.group(1)] = execs[0].strip()
         missing = [u for u in ("agent", "edge", "reconciler") if u not in units]
-        if not init or not status or missing:
+        lines = {"myco init": init, "myco status": status, "myco cert token": token}
+        absent = [name for name, line in lines.items() if not line] + missing
+        if absent:
             raise GuideError(
-                f"{path}: expected a `myco init` line, a `myco status` line and an ExecStart= "
-                f"in units myco-agent/edge/reconciler.service; missing: "
-                f"{', '.join([*(['myco init'] if not init else []), *(['myco status'] if not status else []), *missing])}"  # noqa: E501
+                f"{path}: expected a `myco init`, a `myco cert token` and a `myco status` line "
+                f"and an ExecStart= in units myco-agent/edge/reconciler.service; missing: "
+                f"{', '.join(absent)}"
             )
-        guide = cls(init, units, status)
-        everything = " ".join([init, status, *units.values()])
-        for placeholder in (*cls.SEEDS, cls.GIT_URL, cls.BINARY, cls.IDENTITY, cls.STATE, "%H"):
+        guide = cls(init, units, status, token)
+        everything = " ".join([init, status, token, *units.values()])
+        for placeholder in (
+            *cls.SEEDS, *cls.RECONCILERS, cls.GIT_URL, cls.BINARY, cls.IDENTITY, cls.STATE,
+            cls.NEW_HOST, cls.JOIN_TOKEN, "%H",
+        ):  # fmt: skip
             if placeholder not in everything:
                 raise GuideError(f"{path}: the example value {placeholder!r} is gone")
         return guide
@@ -364,6 +377,8 @@ class NetMesh:
                      self.workdir / "hosts" / f"h{i}")
             )  # fmt: skip
         self.identity = self.workdir / "identity"
+        self.operator = self.workdir / "operator"
+        self._tls: ssl.SSLContext | None = None
         self.remote = self.workdir / "garden.git"
         self.work = self.workdir / "work"
         self._made: list[str] = []
@@ -379,8 +394,9 @@ class NetMesh:
         self.close()
 
     # -- set-up -------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Network, identity (the guide's `myco init`), Git remote with the test garden."""
+    def setup(self, *, plant: bool = True) -> None:
+        """Network, identity (the guide's `myco init`), Git remote with the test garden
+        (``plant=False``: an empty garden; :meth:`plant` commits the app later)."""
         reason = skip_reason()
         if reason is not None:
             raise RuntimeError(reason)
@@ -392,7 +408,45 @@ class NetMesh:
         out = subprocess.run(init, capture_output=True, text=True, timeout=60, cwd=self.workdir)
         if out.returncode != 0:
             raise AssertionError(f"the guide's `myco init` failed: {out.stderr}")
-        self._garden()
+        for h in self.hosts:
+            if h.role != "reconciler":
+                self._join_token(h)
+        self._operator()
+        self._garden(plant)
+
+    def _join_token(self, host: Host) -> None:
+        """The guide's `myco cert token` line for ``host``, its output where the units read
+        the token (the guide copies it there by hand)."""
+        line = self.guide.token.split(">", 1)[0]  # the redirect is the harness's job here
+        argv = self.argv(line.replace("--role agent", f"--role {host.role}"), host)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise AssertionError(f"the guide's `myco cert token` failed: {out.stderr}")
+        path = host.root / "join.token"
+        path.write_text(out.stdout)
+        path.chmod(0o600)
+
+    def _operator(self) -> None:
+        """An admin certificate for the harness's own HTTPS requests (the guide's `myco cert
+        issue` for people, with this harness as the person)."""
+        argv = [
+            sys.executable, "-m", "reconciler", "cert", "issue", "--ca", str(self.identity),
+            "--role", "operator", "--name", "harness", "--access", "admin",
+            "--out", str(self.operator),
+        ]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(f"myco cert issue failed: {out.stderr}")
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """A client context with the harness's operator certificate (made once)."""
+        if self._tls is None:
+            from reconciler.identity.tls import client_context
+
+            d = self.operator
+            self._tls = client_context(d / "cert.pem", d / "key.pem", d / "ca.crt")
+        return self._tls
 
     def _network(self) -> None:
         for ns in (self.hub, *(h.name for h in self.hosts)):
@@ -412,13 +466,23 @@ class NetMesh:
             run("ip", "-n", self.hub, "link", "set", outer, "master", "br0")
             run("ip", "-n", self.hub, "link", "set", outer, "up")
 
-    def _garden(self) -> None:
+    def _garden(self, plant: bool) -> None:
         run("git", "init", "-q", "--bare", "-b", "main", str(self.remote))
         (self.work / "garden").mkdir(parents=True)
         shutil.copytree(ROOT / "workloads" / "billing", self.work / "workloads" / "billing")
         git(self.work, "init", "-q", "-b", "main")
         git(self.work, "remote", "add", "origin", str(self.remote))
-        self.commit(billing_manifest(instances=self.instances, warmup_s=self.warmup_s), "v1")
+        if plant:
+            self.plant()
+        else:
+            (self.work / "garden" / "README").write_text("apps go here\n")
+            git(self.work, "add", "-A")
+            git(self.work, "commit", "-q", "-m", "an empty garden")
+            git(self.work, "push", "-q", "origin", "main")
+
+    def plant(self) -> float:
+        """Commit the test app (version v1) to the garden."""
+        return self.commit(billing_manifest(instances=self.instances, warmup_s=self.warmup_s), "v1")
 
     def commit(self, manifest: str, message: str, name: str = "billing.yaml") -> float:
         """Commit ``manifest`` to the garden and push it; returns the monotonic time the
@@ -437,16 +501,24 @@ class NetMesh:
     # -- the guide's commands -----------------------------------------------------------
     def substitutions(self, host: Host | None) -> list[tuple[str, str]]:
         seeds = [h for h in self.hosts if h.role == "agent"][:2]
+        recs = [h for h in self.hosts if h.role == "reconciler"][:2] or seeds
         subs = [
             (Guide.GIT_URL, str(self.remote)),
             (Guide.IDENTITY, str(self.identity)),
             (Guide.SEEDS[0], seeds[0].addr),
             (Guide.SEEDS[1], seeds[1].addr),
+            (Guide.RECONCILERS[0], recs[0].addr),
+            (Guide.RECONCILERS[1], recs[-1].addr),
             ("--interval 30", f"--interval {self.poll_interval:g}"),
             ("--profile lan", f"--profile {self.profile}"),
         ]
         if host is not None:
-            subs += [("%H", host.name), (Guide.STATE, str(host.root / "var-lib-myco"))]
+            subs += [
+                ("%H", host.name),
+                (Guide.NEW_HOST, host.name),
+                (Guide.STATE, str(host.root / "var-lib-myco")),
+                (Guide.JOIN_TOKEN, str(host.root / "join.token")),
+            ]
         return subs
 
     def argv(self, line: str, host: Host | None) -> list[str]:
@@ -466,7 +538,7 @@ class NetMesh:
                 a = ipaddress.ip_address(m.group(1))
                 if not (a.is_loopback or a.is_unspecified or a in self.net):
                     raise GuideError(f"the guide's command would use {a}, outside the test net")
-        for leftover in ("%H", Guide.STATE, Guide.IDENTITY, "example.com"):
+        for leftover in ("%H", Guide.STATE, "/etc/myco", Guide.NEW_HOST, "example.com"):
             if any(leftover in w for w in words):
                 raise GuideError(f"{leftover!r} was not substituted in {' '.join(words)}")
 
@@ -568,10 +640,13 @@ class NetMesh:
         ns: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 2.0,
+        tls: bool = False,
     ) -> tuple[int, bytes]:
         """One GET to ``addr:port`` from namespace ``ns`` (default the hub); (0, b"") on a
-        transport error."""
+        transport error. ``tls``: HTTPS with the harness's operator certificate (the
+        members' APIs are mutual TLS)."""
         mesh = self
+        context = self.tls if tls else None
 
         class Conn(http.client.HTTPConnection):
             def connect(self) -> None:
@@ -582,7 +657,7 @@ class NetMesh:
                 except OSError:
                     s.close()
                     raise
-                self.sock = s
+                self.sock = context.wrap_socket(s) if context is not None else s
 
         conn = Conn(addr, port, timeout=timeout)
         try:
@@ -617,23 +692,13 @@ class NetMesh:
         return self.get_json(self.edge.addr, self.guide.port("edge", "--listen"), path,
                              timeout=timeout)  # fmt: skip
 
-    def agent_token(self, host: Host) -> str:
-        state = Path(self.guide.flag("agent", "--state").replace(Guide.STATE, ""))
-        path = host.root / "var-lib-myco" / state.relative_to("/") / "api.token"
-        try:
-            return path.read_text().strip()
-        except OSError:
-            return ""
-
     def fabric_view(self, host: Host) -> dict[str, Any] | None:
         """An agent's ``/v1/fabric`` (members and entries), read on its loopback."""
         if host.role != "agent":
             raise ValueError(f"{host.short} is not an agent host")
-        token = self.agent_token(host)
         status, data = self.get_json(
-            "127.0.0.1", self.guide.port("agent", "--api"), "/v1/fabric", ns=host.name,
-            headers={"Authorization": f"Bearer {token}"} if token else None,
-        )  # fmt: skip
+            "127.0.0.1", self.guide.port("agent", "--api"), "/v1/fabric", ns=host.name, tls=True
+        )
         return data if status == 200 and isinstance(data, dict) else None
 
     def member_states(self, host: Host) -> dict[str, int] | dict[str, str] | None:
@@ -648,7 +713,7 @@ class NetMesh:
             self.guide.port("edge", "--metrics-listen") if host.role == "edge"
             else self.guide.port("reconciler", "--repo-listen")
         )  # fmt: skip
-        status, body = self.http("127.0.0.1", port, "/metrics", ns=host.name)
+        status, body = self.http("127.0.0.1", port, "/metrics", ns=host.name, tls=True)
         if status != 200:
             return None
         counts: dict[str, int] = {}

@@ -41,7 +41,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> MeshClient:
-    client = MeshClient(args.api, state=args.state)
+    from reconciler.commands.options import client_credentials
+
+    client = MeshClient(args.api, state=args.state, credentials=client_credentials(args))
     _ = client.api  # no agent API known: say so before anything else
     return client
 

@@ -224,7 +224,14 @@ def _client(args: argparse.Namespace) -> MeshClient:
     from reconciler.client import MeshClient
     from reconciler.home import absolute_state_dir
 
-    return MeshClient(args.api, state=absolute_state_dir(args.state), reconciler=args.reconciler)
+    from reconciler.commands.options import client_credentials
+
+    return MeshClient(
+        args.api,
+        state=absolute_state_dir(args.state),
+        reconciler=args.reconciler,
+        credentials=client_credentials(args),
+    )
 
 
 def _with_client(args: argparse.Namespace, call: Callable[[MeshClient], Awaitable[T]]) -> T:

@@ -17,11 +17,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetMesh]:
         pytest.skip(reason)
     m = NetMesh(workdir=tmp_path_factory.mktemp("hosts"), poll_interval=1.0, warmup_s=0.5)
     try:
-        m.setup()
-        # Agents first, as an operator would: the first placement then sees every node.
-        m.start(m.role("agent"))
-        m.wait(lambda: m.formed(m.role("agent")), 30, "the three agents to form a cluster")
-        m.start([*m.role("edge"), *m.role("reconciler")])
+        m.setup(plant=False)
+        # The reconcilers first (agents enrol with them), then the agents; the app is
+        # committed once every agent is in, so its first placement sees every node.
+        first = [*m.role("reconciler"), *m.role("agent")]
+        m.start(first)
+        m.wait(lambda: m.formed(first), 60, "the agents to enrol and form with the reconcilers")
+        m.plant()
+        m.start(m.role("edge"))
         yield m
     finally:
         m.close()

@@ -56,6 +56,6 @@ def test_an_address_outside_the_test_net_is_never_run(tmp_path: Path) -> None:
     guide = Guide.load()
     units = dict(guide.units)
     units["edge"] += " --join 192.0.2.1:7946"
-    mesh = NetMesh(workdir=tmp_path, guide=Guide(guide.init, units, guide.status))
+    mesh = NetMesh(workdir=tmp_path, guide=Guide(guide.init, units, guide.status, guide.token))
     with pytest.raises(GuideError, match="192.0.2.1"):
         mesh.command(mesh.edge)
