@@ -640,13 +640,15 @@ class NetMesh:
         ns: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 2.0,
-        tls: bool = False,
+        tls: bool | ssl.SSLContext = False,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> tuple[int, bytes]:
-        """One GET to ``addr:port`` from namespace ``ns`` (default the hub); (0, b"") on a
-        transport error. ``tls``: HTTPS with the harness's operator certificate (the
-        members' APIs are mutual TLS)."""
+        """One request to ``addr:port`` from namespace ``ns`` (default the hub); (0, b"") on
+        a transport error. ``tls``: HTTPS with the harness's operator certificate (the
+        members' APIs are mutual TLS), or with the client context given."""
         mesh = self
-        context = self.tls if tls else None
+        context = tls if isinstance(tls, ssl.SSLContext) else (self.tls if tls else None)
 
         class Conn(http.client.HTTPConnection):
             def connect(self) -> None:
@@ -661,7 +663,7 @@ class NetMesh:
 
         conn = Conn(addr, port, timeout=timeout)
         try:
-            conn.request("GET", path, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException):

@@ -55,6 +55,9 @@ class AutoscaleConfig:
     probe_below: float = 0.5  # p99 under this share of the budget: try one instance less
     min_samples: int = 20  # requests in a window before its p99 is believed
     forget_bad_s: float = 300.0  # a learned overload level is forgotten after this long
+    #: p99: not believed this long after a decision that saw no ready instance or a held
+    #: request (the answers then include the wait for the app to start or wake)
+    settle_s: float = 3.0
     max_history: int = 256  # wishes kept per app (older ones are dropped)
     agent_role: str = "agent"
 
@@ -70,6 +73,7 @@ class Signal:
     requests: int = 0  # requests answered in the window (how much the p99 is worth)
     held: int = 0  # requests an edge holds for the app while it is at zero
     edges: int = 0  # edges that reported (0: no edge in the mesh, nothing to scale on)
+    at: float = 0.0  # the newest edge window in it (``EdgeStatsRecord.at``; 0: unknown)
 
     @property
     def active(self) -> bool:
@@ -109,6 +113,7 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
             a["inf"] += _num(fig.get("inflight_avg" if "inflight_avg" in fig else "inflight"))
             a["n"] += _num(fig.get("requests"))
             a["held"] = a.get("held", 0.0) + _num(fig.get("held"))
+            a["at"] = max(a.get("at", 0.0), _num(value.get("at")))
             if _num(fig.get("requests")) > 0:
                 a["p99"] = max(a["p99"], _num(fig.get("p99_ms")))
     out = {
@@ -120,6 +125,7 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
             requests=int(a["n"]),
             held=int(a.get("held", 0.0)),
             edges=edges,
+            at=a.get("at", 0.0),
         )
         for app, a in acc.items()
     }
@@ -171,6 +177,9 @@ class ScaleState:
     good: float = 0.0  # p99: highest load per instance seen within the budget
     bad: float = 0.0  # p99: lowest load per instance seen over it (0: none known)
     bad_at: float = 0.0
+    unready_at: float = -math.inf  # the last decision with no ready instance or a held request
+    seen_at: float = 0.0  # p99: the edge window (``Signal.at``) of the last wish, and the wish
+    p99_wish: tuple[int, str] | None = None
     digest: str = ""  # what was learned belongs to this spore
     decision: Decision | None = None  # the latest
     last_change: Decision | None = None  # the latest that changed the count
@@ -204,6 +213,20 @@ def _ratio_wish(load: float, target: float, count: int, tol: float) -> int:
 def _p99_wish(
     cfg: AutoscaleConfig, a: Autoscale, st: ScaleState, sig: Signal, ready: int, now: float
 ) -> tuple[int, ScaleState, str, bool]:
+    """:func:`_p99_judge` once per edge window: the plan loop also decides when something
+    else changed (an instance turned ready), with the same window; it is not judged again
+    (nothing is learned twice, and its figures are not divided by a count of instances it
+    was not measured with)."""
+    if sig.at and sig.at == st.seen_at and st.p99_wish is not None:
+        wish, why = st.p99_wish
+        return wish, st, why, False
+    wish, st, why, panic = _p99_judge(cfg, a, st, sig, ready, now)
+    return wish, replace(st, seen_at=sig.at, p99_wish=(wish, why)), why, panic
+
+
+def _p99_judge(
+    cfg: AutoscaleConfig, a: Autoscale, st: ScaleState, sig: Signal, ready: int, now: float
+) -> tuple[int, ScaleState, str, bool]:
     """The wish of a latency target, and what was learned: (wish, state, why, panic).
 
     Latency says *that* an app needs more, not how many; the load per instance says how
@@ -228,7 +251,8 @@ def _p99_wish(
         return 0, st, "no requests", False
     basis = ready or count
     load = sig.rps / max(basis, 1)
-    believed = sig.requests >= cfg.min_samples and sig.p99_ms > 0 and ready > 0
+    settling = now - st.unready_at < cfg.settle_s
+    believed = sig.requests >= cfg.min_samples and sig.p99_ms > 0 and ready > 0 and not settling
     draining = sig.done_rps > sig.rps * (1 + tol)
     if believed and sig.p99_ms > budget * (1 + tol):
         if not draining:
@@ -254,6 +278,9 @@ def _p99_wish(
     if limit > 0:
         wish = max(1, math.ceil(sig.rps / limit - 1e-9))
         why = f"{sig.rps:g} rps at up to {limit:.4g} rps per instance within the budget"
+    elif settling:
+        wish = count
+        why = f"{sig.rps:g} rps, just started or woken: its p99 is the wait for it"
     else:
         wish = count
         why = f"{sig.rps:g} rps, too few answers to judge the p99"
@@ -303,6 +330,8 @@ def decide(
         st = replace(st, digest=digest, good=0.0, bad=0.0, bad_at=0.0)
     if sig.active:
         st = replace(st, last_request=now)
+    if ready == 0 or sig.held > 0:
+        st = replace(st, unready_at=now)
     count = st.count
     panic = now < st.panic_until
     new, want, raw, why, blocked = count, count, count, "", ""
@@ -531,8 +560,9 @@ def annotate(
     statuses: Mapping[str, Status], states: Mapping[str, ScaleState], desired: Desired
 ) -> dict[str, Status]:
     """The plan's statuses with each autoscaled app's ``autoscale`` block: current (ready),
-    desired, min, max, target, the last change of the count and why (``last``), and what
-    holds it (``pending`` credits, ``blocked`` without an edge, ``panic``, ``warning``).
+    desired, min, max, target, the SLO's p99 budget (``budget_ms``), the last change of the
+    count and why (``last``), and what holds it (``pending`` credits, ``blocked`` without an
+    edge, ``panic``, ``warning``).
 
     Only what changes with a decision that matters is in it (not the live figures), so the
     garden record is not republished every second. A count the credits cut shows as the
@@ -553,6 +583,8 @@ def annotate(
             "min": a.min,
             "max": a.max,
             "target": {a.target_kind: a.target},
+            # the p99 the app promises (the dashboard draws it against the edge's p99)
+            "budget_ms": app.spec.dna.slo.p99_budget_ms,
             "to_zero_after_s": a.to_zero_after_s,
             "panic": d.panic,
             "pending": d.pending,

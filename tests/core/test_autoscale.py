@@ -269,6 +269,37 @@ def test_p99_a_never_loaded_app_probes_down_but_not_past_a_known_overload() -> N
     assert reversals(counts) <= 1
 
 
+def test_p99_the_wait_of_a_start_or_a_wake_is_not_taken_for_load() -> None:
+    """Requests held while the app started (or woke from zero) are answered late: that
+    p99 is the wait for the app, not its load, and is not believed for ``settle_s``."""
+    held = Signal(rps=20.0, held=20, edges=1)
+    st_ = decide(P99, at(1), held, 0.0, ready=0, start=1, fit=9)  # starting, requests held
+    late = load(20.0, p99=900.0, n=20)  # the held ones answered once it is ready
+    for t in (1.0, 2.0):
+        st_ = decide(P99, st_, late, t, ready=1, start=1, fit=9)
+        assert st_.count == 1, st_.decision
+        assert st_.bad == 0.0  # nothing learned from it either
+    assert st_.decision is not None
+    assert "just started or woken" in st_.decision.reason
+    # once settled, a p99 over the budget is load again
+    st_ = decide(P99, st_, late, 3.5, ready=1, start=1, fit=9)
+    assert st_.count > 1
+
+
+def test_p99_one_edge_window_is_judged_once() -> None:
+    """The loop decides again when instances turn ready, with the edges' same window: its
+    answers were given by the two instances of then, not by the five ready now."""
+    over = replace(load(205.0, p99=280.0, done=100.0, n=100), at=1000.0)
+    st_ = decide(P99, at(2), over, 0.0, ready=2, start=2, fit=20)
+    assert st_.count == 5  # 50 answered per instance: taken for what one carries
+    again = decide(P99, st_, over, 0.5, ready=5, start=2, fit=20)
+    assert again.count == 5
+    assert again.bad == st_.bad
+    # the next window is judged
+    newer = replace(over, at=1001.0)
+    assert decide(P99, again, newer, 1.0, ready=5, start=2, fit=20).count > 5
+
+
 def reversals(counts: list[int]) -> int:
     moves = [b - a for a, b in zip(counts, counts[1:], strict=False) if b != a]
     return sum(1 for x, y in zip(moves, moves[1:], strict=False) if (x > 0) != (y > 0))
