@@ -480,9 +480,9 @@ def test_more_load_never_means_fewer_instances(
     auto: Autoscale, count: int, sig: Signal, more: float
 ) -> None:
     state = at(count, now=100.0, wishes=((0.0, count),))
-    heavier = replace(
-        sig, rps=sig.rps + more, done_rps=sig.done_rps + more, inflight=sig.inflight + more
-    )
+    # More requests arrive and wait, at the same answered rate: more load on the same
+    # capacity (adding to the answered rate too would also say the capacity is higher).
+    heavier = replace(sig, rps=sig.rps + more, inflight=sig.inflight + more)
     light = decide(auto, state, sig, 100.0, ready=count, start=count, fit=1000)
     heavy = decide(auto, state, heavier, 100.0, ready=count, start=count, fit=1000)
     assert heavy.count >= light.count
