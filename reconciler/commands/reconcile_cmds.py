@@ -222,9 +222,8 @@ def _member(args: argparse.Namespace, verb: str) -> MemberConfig:
 
 def _client(args: argparse.Namespace) -> MeshClient:
     from reconciler.client import MeshClient
-    from reconciler.home import absolute_state_dir
-
     from reconciler.commands.options import client_credentials
+    from reconciler.home import absolute_state_dir
 
     return MeshClient(
         args.api,
