@@ -250,12 +250,12 @@ class Agent:
     # --- convergence --------------------------------------------------------------------
     def current_intent(self) -> IntentRecord | None:
         key = intents_key(self.config.node)
-        records: list[IntentRecord] = []
+        records: list[tuple[str, IntentRecord]] = []
         for (owner, k), value in self.fabric.view(key).items():
             if k != key or value is None:
                 continue
             try:
-                records.append(IntentRecord.from_json(value))
+                records.append((owner, IntentRecord.from_json(value)))
             except FabricError as exc:
                 log.warning("ignoring malformed intent from %s: %s", owner, exc)
         best = pick_intent(records, self.max_epoch)

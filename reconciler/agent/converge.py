@@ -26,19 +26,25 @@ class Stop:
 Action = Start | Stop
 
 
-def pick_intent(candidates: Iterable[IntentRecord], min_epoch: int) -> IntentRecord | None:
+def pick_intent(
+    candidates: Iterable[IntentRecord | tuple[str, IntentRecord]], min_epoch: int
+) -> IntentRecord | None:
     """The intent from the newest lease epoch; None if every one is older than ``min_epoch``.
 
     Several reconcilers may have published ``intents/<node>`` (one is active by lease); an
-    intent from an epoch older than one already seen is ignored.
+    intent from an epoch older than one already seen is ignored. Candidates may come with
+    their writer's member name: between two of one epoch (two reconcilers that started
+    apart both held it for a moment) the higher ``(epoch, owner)`` wins, the order the
+    lease rule keeps its holder by (:func:`reconciler.core.lease.decide`).
     """
-    best: IntentRecord | None = None
-    for rec in candidates:
+    best: tuple[int, str, IntentRecord] | None = None
+    for cand in candidates:
+        owner, rec = cand if isinstance(cand, tuple) else ("", cand)
         if rec.epoch < min_epoch:
             continue
-        if best is None or rec.epoch > best.epoch:
-            best = rec
-    return best
+        if best is None or (rec.epoch, owner) > (best[0], best[1]):
+            best = (rec.epoch, owner, rec)
+    return best[2] if best is not None else None
 
 
 def converge(

@@ -28,34 +28,63 @@ class RouteSource(Protocol):
         ...
 
 
-def routes_from_view(view: Mapping[tuple[str, str], JSONValue]) -> list[RouteRecord]:
-    """Every well-formed route record in a fabric view; a bad one is logged and skipped."""
-    out: list[RouteRecord] = []
+def _owned(view: Mapping[tuple[str, str], JSONValue]) -> list[tuple[str, RouteRecord]]:
+    out: list[tuple[str, RouteRecord]] = []
     for (owner, key), value in sorted(view.items()):
         if not key.startswith(PREFIX_ROUTES) or value is None:
             continue
         try:
-            out.append(RouteRecord.from_json(value))
-        except FabricError as exc:
+            rec = RouteRecord.from_json(value)
+            _check(rec)
+        except (FabricError, TypeError, ValueError, KeyError, AttributeError) as exc:
             log.warning("ignoring route %s of %s: %s", key, owner, exc)
+            continue
+        out.append((owner, rec))
     return out
+
+
+def _check(rec: RouteRecord) -> None:
+    """What ``from_json`` does not check: the types inside (a bad record must never reach
+    the route table, where it would stop the route source)."""
+    if not isinstance(rec.app, str) or not isinstance(rec.prefix, str):
+        raise ValueError("app and prefix are strings")
+    if not isinstance(rec.epoch, int):
+        raise ValueError("epoch is an integer")
+    for b in rec.backends:
+        if not isinstance(b, Backend) or not isinstance(b.endpoint, str):
+            raise ValueError(f"a backend is not an object with an endpoint: {b!r}"[:200])
+    if not all(isinstance(d, str) for d in rec.draining):
+        raise ValueError("draining endpoints are strings")
+
+
+def routes_from_view(view: Mapping[tuple[str, str], JSONValue]) -> list[RouteRecord]:
+    """Every well-formed route record in a fabric view; a bad one is logged and skipped."""
+    return [r for _, r in _owned(view)]
 
 
 def serving_routes(
     live: Mapping[tuple[str, str], JSONValue], everyone: Mapping[tuple[str, str], JSONValue]
 ) -> list[RouteRecord]:
-    """The routes to serve: every live owner's, plus those of owners that are gone (dead or
-    left) whose lease epoch no live route has passed yet.
+    """The routes to serve, one record per app: of every live owner's, plus those of owners
+    that are gone (dead or left) whose lease epoch no live route has passed yet, the one
+    with the highest ``(epoch, owner)`` — the order the lease rule picks its holder by
+    (:func:`reconciler.core.lease.decide`), so when two reconcilers both held the lease
+    for a moment (they started apart) the one that kept it wins at the edge too.
 
     Workloads keep serving while the control plane is down: when the active reconciler dies,
     its routes stay in force until a reconciler with a newer lease publishes its own (which
     also drops, by their older epoch, the routes of apps it pruned). Pure.
     """
-    current = routes_from_view(live)
-    newest = max((r.epoch for r in current), default=-1)
+    current = _owned(live)
+    newest = max((r.epoch for _, r in current), default=-1)
     gone = {k: v for k, v in everyone.items() if k not in live}
-    kept = [r for r in routes_from_view(gone) if r.epoch >= newest]
-    return current + kept
+    kept = [(o, r) for o, r in _owned(gone) if r.epoch >= newest]
+    best: dict[str, tuple[int, str, RouteRecord]] = {}
+    for owner, r in current + kept:
+        held = best.get(r.app)
+        if held is None or (r.epoch, owner) > (held[0], held[1]):
+            best[r.app] = (r.epoch, owner, r)
+    return [best[app][2] for app in sorted(best)]
 
 
 class FabricRouteSource:

@@ -89,3 +89,12 @@ def test_importing_the_pure_decision_pulls_in_no_process_or_http_machinery() -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pick_intent_between_one_epoch_follows_the_lease_holder_order() -> None:
+    a = IntentRecord(node="n1", epoch=1, revision="from-a")
+    b = IntentRecord(node="n1", epoch=1, revision="from-b")
+    for order in ([("rec-a#1", a), ("rec-b#2", b)], [("rec-b#2", b), ("rec-a#1", a)]):
+        got = pick_intent(order, 0)
+        assert got is not None
+        assert got.revision == "from-b"

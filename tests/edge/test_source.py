@@ -52,3 +52,32 @@ def test_gone_routes_are_kept_only_while_no_newer_epoch_is_live(
     gone = {("rec-a", "routes/frontend"): _route("frontend", 3)}
     live = {("rec-b", "routes/billing"): _route("billing", live_epoch)}
     assert (("frontend", 3) in _served(live, gone)) is kept
+
+
+def test_two_live_reconcilers_with_one_epoch_the_lease_winner_serves() -> None:
+    """Two reconcilers that started apart both held epoch 1 for a moment; once they meet,
+    the lease rule keeps the higher (epoch, holder): the edge serves that one's routes."""
+    loser = RouteRecord(app="billing", prefix="/billing", backends=(), epoch=1).to_json()
+    live = {
+        ("rec-a#1", "routes/billing"): loser,
+        ("rec-b#2", "routes/billing"): _route("billing", 1),
+    }
+    routes = serving_routes(live, live)
+    assert len(routes) == 1
+    assert routes[0].backends  # rec-b#2's, not rec-a#1's empty record
+
+
+def test_a_newer_epoch_wins_whoever_owns_it() -> None:
+    live = {
+        ("rec-z", "routes/billing"): _route("billing", 1),
+        ("rec-a", "routes/billing"): _route("billing", 2),
+    }
+    assert _served(live, {}) == {("billing", 2)}
+
+
+def test_a_malformed_route_is_skipped_not_fatal() -> None:
+    live: View = {
+        ("rec-a", "routes/billing"): {"app": "billing", "prefix": "/billing", "backends": ["x:1"]},
+        ("rec-a", "routes/frontend"): _route("frontend", 1),
+    }
+    assert _served(live, {}) == {("frontend", 1)}
