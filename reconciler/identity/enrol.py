@@ -518,9 +518,16 @@ async def enrol_into(spec: IdentitySpec, role: Role, name: str | None) -> Member
         except UnavailableError as exc:  # not up yet, or no active reconciler yet
             if time.monotonic() > deadline:
                 raise
-            delay = retry_delay(attempt, rng, cap=30.0)
+            # Short at first: hosts usually start together and the reconcilers are up in
+            # seconds; a mesh that waits on its reconcilers is not kept waiting long.
+            delay = retry_delay(attempt, rng, base=0.25, cap=30.0)
             attempt += 1
-            log.warning("%s; trying again in %.1f s", exc, delay)
+            log.log(
+                logging.WARNING if attempt > 3 else logging.INFO,
+                "%s; trying again in %.1f s",
+                exc,
+                delay,
+            )
             await asyncio.sleep(delay)
     MemberDir(spec.dir).save(member)
     log.warning(
