@@ -746,6 +746,90 @@ def gossip_ratio(
     }
 
 
+# --- the simulated ratio, checked on real sockets -----------------------------------------
+
+
+async def real_bytes(nodes: int, signed: bool, seconds: float, write_every_s: float,
+                     seed: int, settle_s: float = 5.0) -> float:  # fmt: skip
+    """Bytes per member per second of ``nodes`` real members (UDP/TCP on 127.0.0.1, LAN
+    timers, AES-GCM) in the steady state of the simulated scenario: one reconciler writing
+    intents, agents writing instance records, each about every ``write_every_s`` seconds."""
+    from reconciler.fabric.fabric import open_fabric
+
+    pki = Pki.create("real")
+    keyring = Keyring.generate()
+    names = [f"n{i:04d}" for i in range(nodes)]
+    roles = {n: ("reconciler" if i == 0 else "agent") for i, n in enumerate(names)}
+    rng = random.Random(seed)
+    async with contextlib.AsyncExitStack() as stack:
+        members: dict[str, Fabric] = {}
+        for name in names:
+            guard = pki.guard(pki.member(roles[name], name)) if signed else None
+            seeds = [members[names[0]].addr] if members else []
+            members[name] = await stack.enter_async_context(
+                open_fabric(
+                    name, "127.0.0.1:0", seeds, keyring, CLUSTER, "lan", None, guard=guard
+                )  # fmt: skip
+            )
+        for name, f in members.items():
+            f.publish("node", {"node_id": name, "addr": f.addr, "roles": [roles[name]]})
+        await until(
+            lambda: all(len(f.view("node")) == nodes for f in members.values()), 60.0,
+            "the real members' node records to spread",
+        )  # fmt: skip
+        await asyncio.sleep(settle_s)  # the bootstrap (certificates) settles, as simulated
+        before = sum(f.stats.bytes_out for f in members.values())
+        t0 = time.monotonic()
+        due = {n: t0 + rng.uniform(0, write_every_s) for n in names}
+        serial = 0
+        while (now := time.monotonic()) < t0 + seconds:
+            for name, at in due.items():
+                if at <= now:
+                    serial += 1
+                    f = members[name]
+                    if roles[name] == "reconciler":
+                        node = names[1 + serial % (nodes - 1)]
+                        f.publish(f"intents/{node}", {"node": node, "epoch": 1,
+                                  "revision": str(serial), "instances": []})  # fmt: skip
+                    else:
+                        f.publish(f"inst/{name}-{serial % 4}", instance_value(name, serial))
+                    due[name] = now + rng.expovariate(1.0 / write_every_s)
+            await asyncio.sleep(0.05)
+        sent = sum(f.stats.bytes_out for f in members.values()) - before
+        elapsed = time.monotonic() - t0
+    return sent / nodes / elapsed
+
+
+def gossip_check(
+    nodes: int, seconds: float, write_every_s: float, settle_s: float = 5.0
+) -> dict[str, Any]:
+    """The simulated ratio checked against real members on the same scenario (smaller: the
+    same shape at ``nodes`` members, in real time)."""
+    plain = asyncio.run(real_bytes(nodes, False, seconds, write_every_s, 1, settle_s))
+    signed = asyncio.run(real_bytes(nodes, True, seconds, write_every_s, 1, settle_s))
+    sim = [
+        sim_bytes(nodes, seed, True, seconds / 60.0, write_every_s)["bytes_per_member_s"]
+        / sim_bytes(nodes, seed, False, seconds / 60.0, write_every_s)["bytes_per_member_s"]
+        for seed in (1, 2, 3)
+    ]
+    return {
+        "gossip_bytes_ratio_real": round(signed / plain, 3),
+        "gossip_real_check": {
+            "what": "real UDP/TCP members on 127.0.0.1, LAN timers, AES-GCM; the simulated "
+            "scenario's steady state at the same size, against the simulator at that size",
+            "members": nodes,
+            "seconds": seconds,
+            "write_every_s_per_member": write_every_s,
+            "real_plain_bytes_per_member_s": round(plain, 1),
+            "real_signed_bytes_per_member_s": round(signed, 1),
+            "real_ratio": round(signed / plain, 3),
+            "simulated_ratio_same_size": round(statistics.median(sim), 3),
+            "simulated_spread_same_size": [round(min(sim), 3), round(max(sim), 3)],
+            "simulated_seeds": 3,
+        },
+    }
+
+
 # --- mTLS on loopback -------------------------------------------------------------------
 
 
@@ -877,6 +961,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         result.update(gossip_ratio(12, [1, 2, 3], minutes=0.5, write_every_s=5.0))
     else:
         result.update(gossip_ratio(50, [1, 2, 3], minutes=1.5, write_every_s=10.0))
+    if quick:
+        result.update(gossip_check(4, 3.0, 2.0, settle_s=1.0))
+    else:
+        result.update(gossip_check(12, 30.0, 5.0))
     with tempfile.TemporaryDirectory(prefix="myco-bench-identity-") as d:
         result.update(asyncio.run(mtls_costs(100 if quick else 1000, Path(d))))
     hostile = asyncio.run(hostile_run())

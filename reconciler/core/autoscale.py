@@ -53,6 +53,12 @@ class AutoscaleConfig:
     tolerance: float = 0.1  # a load within ±10 % of the target keeps the count
     panic_factor: float = 2.0  # load at this multiple of the target: panic
     probe_below: float = 0.5  # p99 under this share of the budget: try one instance less
+    #: p99: a window is learned from only if the instances ready now were ready this long
+    #: (the edge's 1 s window, the route's delay): the same set served all of it
+    steady_s: float = 2.0
+    #: p99: with a learned capacity, the fewest instances that keep the load per instance
+    #: under this share of it (within the budget, after the down window)
+    probe_util: float = 0.8
     min_samples: int = 20  # requests in a window before its p99 is believed
     forget_bad_s: float = 300.0  # a learned overload level is forgotten after this long
     #: p99: not believed this long after a decision that saw no ready instance or a held
@@ -180,6 +186,10 @@ class ScaleState:
     unready_at: float = -math.inf  # the last decision with no ready instance or a held request
     seen_at: float = 0.0  # p99: the edge window (``Signal.at``) of the last wish, and the wish
     p99_wish: tuple[int, str] | None = None
+    over: bool = False  # p99: the last judged window was over the budget
+    last_rps: float = 0.0  # p99: the arrivals of the last judged window
+    cap: float = 0.0  # p99: answers per instance when it could not keep up (0: unknown)
+    readies: tuple[tuple[float, int], ...] = ()  # (since, ready), the last ``steady_s``
     digest: str = ""  # what was learned belongs to this spore
     decision: Decision | None = None  # the latest
     last_change: Decision | None = None  # the latest that changed the count
@@ -210,6 +220,11 @@ def _ratio_wish(load: float, target: float, count: int, tol: float) -> int:
     return math.ceil(load / target - 1e-9)
 
 
+def _per(rps: float, level: float) -> float:
+    """``rps / level`` instances, bounded (a level of a denormal float is not infinite)."""
+    return min(rps / level, 1e9) if level > 0 else 1e9
+
+
 def _p99_wish(
     cfg: AutoscaleConfig, a: Autoscale, st: ScaleState, sig: Signal, ready: int, now: float
 ) -> tuple[int, ScaleState, str, bool]:
@@ -230,17 +245,28 @@ def _p99_judge(
     """The wish of a latency target, and what was learned: (wish, state, why, panic).
 
     Latency says *that* an app needs more, not how many; the load per instance says how
-    many. So the state learns two levels of load per ready instance: ``good``, the highest
-    seen within the budget, and ``bad``, the lowest seen over it (when the app cannot keep
-    up: what it answers per instance, about what one instance carries; forgotten after
-    ``forget_bad_s``, and at once when the app is seen within the budget at that load).
+    many. So the state learns levels of load per ready instance: ``good``, the highest
+    seen within the budget; ``bad``, the lowest seen over it (when the app cannot keep up:
+    what it answers per instance, about what one instance carries; forgotten after
+    ``forget_bad_s``, and at once when the app is seen within the budget at that load);
+    ``cap``, what each instance answered while the app could not keep up.
 
-    * Over the budget: enough instances to bring the load per instance under ``bad`` by
-      the tolerance, and at least one more than now once all are ready (not while a
-      backlog drains: answers outpacing arrivals mean the latency is the queue's, and
-      nothing is learned from it).
+    Only *clean* windows teach: the same instances ready for all of it (``steady_s``), and,
+    for ``bad`` and ``cap``, over the budget in the window before too or with arrivals that
+    did not rise into it (an overload that began inside the window, or instances that
+    joined it partway, make the answers per instance look smaller than what one carries).
+    An unclean window over the budget still moves the count, on its own figures (per
+    instance that served all of it), but leaves nothing behind.
+
+    * Over the budget: enough instances to bring the load per instance under ``bad`` (else
+      ``cap``, else this window's level) by the tolerance, and at least one more than now
+      once all have been ready for a whole window (not while a backlog drains: answers
+      outpacing arrivals mean the latency is the queue's, and nothing is learned from it).
     * Within it: the fewest instances that keep the load per instance under ``good`` (and
-      under ``bad``): a load that fell lets the count fall.
+      under ``bad``): a load that fell lets the count fall (a window that instances joined
+      partway keeps the count).
+    * Within it, with ``cap`` known: the fewest that keep the load per instance under
+      ``probe_util`` × ``cap`` (and ``bad``), if fewer than now.
     * Far within it (p99 under ``probe_below`` of the budget): one less than now, if
       ``bad`` does not forbid it. That is how an app never loaded learns it can carry more.
     """
@@ -248,35 +274,50 @@ def _p99_judge(
     if st.bad and now - st.bad_at >= cfg.forget_bad_s:
         st = replace(st, bad=0.0)
     if sig.rps <= 0 and sig.requests == 0:
-        return 0, st, "no requests", False
+        return 0, replace(st, over=False, last_rps=0.0), "no requests", False
     basis = ready or count
     load = sig.rps / max(basis, 1)
+    # the instances ready for the whole window (those that joined it served part of it)
+    whole = min(n for _t, n in st.readies) if st.readies else basis
+    steady = whole == ready > 0
     settling = now - st.unready_at < cfg.settle_s
     believed = sig.requests >= cfg.min_samples and sig.p99_ms > 0 and ready > 0 and not settling
     draining = sig.done_rps > sig.rps * (1 + tol)
     if believed and sig.p99_ms > budget * (1 + tol):
+        level = 0.0
         if not draining:
-            served = sig.done_rps / basis
-            level = min(load, served) if served > 0 else load
-            st = replace(st, bad=min(st.bad, level) if st.bad else level, bad_at=now)
-        wish = math.ceil(sig.rps / (st.bad * (1 - tol))) if st.bad else count
-        if ready >= count and not draining:
+            served = sig.done_rps / max(whole, 1)
+            level = min(sig.rps / max(whole, 1), served) if served > 0 else load
+            # an overload that began inside the window (arrivals rose into it) is not
+            # what one instance carries: only its answers while it lasted
+            rose = sig.rps > st.last_rps * (1 + tol)
+            if steady and (st.over or not rose):
+                st = replace(st, bad=min(st.bad, level) if st.bad else level, bad_at=now)
+                if sig.rps > sig.done_rps * (1 + tol) and served > 0:
+                    st = replace(st, cap=max(st.cap, served))
+        per = st.bad or st.cap or level
+        wish = math.ceil(_per(sig.rps, per * (1 - tol))) if per else count
+        if ready >= count and steady and not draining:
             wish = max(wish, count + 1)
         wish = max(wish, count)
         panic = sig.p99_ms >= budget * cfg.panic_factor
         why = f"p99 {sig.p99_ms:g} ms over the {budget:g} ms budget at {sig.rps:g} rps"
         if draining:
             why += " (draining a backlog)"
-        return wish, st, why, panic
-    if believed:
+        return wish, replace(st, over=True, last_rps=sig.rps), why, panic
+    st = replace(st, over=False, last_rps=sig.rps)
+    if believed and steady:
         st = replace(st, good=max(st.good, load))
         if st.bad and load >= st.bad:
             st = replace(st, bad=0.0)  # it carries this now: the old overload was a blip
     limit = st.good
     if st.bad:
         limit = min(limit, st.bad * (1 - tol)) if limit else st.bad * (1 - tol)
-    if limit > 0:
-        wish = max(1, math.ceil(sig.rps / limit - 1e-9))
+    if believed and not steady:
+        wish = count
+        why = f"{sig.rps:g} rps within the budget, instances joined within the window"
+    elif limit > 0:
+        wish = max(1, math.ceil(_per(sig.rps, limit) - 1e-9))
         why = f"{sig.rps:g} rps at up to {limit:.4g} rps per instance within the budget"
     elif settling:
         wish = count
@@ -284,6 +325,17 @@ def _p99_judge(
     else:
         wish = count
         why = f"{sig.rps:g} rps, too few answers to judge the p99"
+    if believed and steady and st.cap and wish >= count:
+        # the fewest that keep each instance under probe_util of what it was seen to answer
+        fit = max(1, math.floor(_per(sig.rps, st.cap * cfg.probe_util)) + 1)
+        if st.bad:
+            fit = max(fit, math.ceil(_per(sig.rps, st.bad * (1 - tol)) - 1e-9))
+        if fit < count:
+            wish = fit
+            why = (
+                f"{sig.rps:g} rps: {fit} instance(s) stay under "
+                f"{cfg.probe_util:.0%} of the {st.cap:.4g} rps one answers"
+            )
     if (
         believed
         and wish >= count > max(1, a.min)
@@ -327,11 +379,19 @@ def decide(
         )
     st = state
     if st.digest != digest:  # a new spore: what was learned of the old one does not hold
-        st = replace(st, digest=digest, good=0.0, bad=0.0, bad_at=0.0)
+        st = replace(st, digest=digest, good=0.0, bad=0.0, bad_at=0.0, cap=0.0)
     if sig.active:
         st = replace(st, last_request=now)
     if ready == 0 or sig.held > 0:
         st = replace(st, unready_at=now)
+    # the ready counts of the last ``steady_s`` (none known yet: as if ready for long)
+    if not st.readies or st.readies[-1][1] != ready:
+        readies = (*st.readies, (now if st.readies else -math.inf, ready))
+    else:
+        readies = st.readies
+    while len(readies) > 1 and readies[1][0] <= now - cfg.steady_s:
+        readies = readies[1:]
+    st = replace(st, readies=readies)
     count = st.count
     panic = now < st.panic_until
     new, want, raw, why, blocked = count, count, count, "", ""

@@ -295,9 +295,65 @@ def test_p99_one_edge_window_is_judged_once() -> None:
     again = decide(P99, st_, over, 0.5, ready=5, start=2, fit=20)
     assert again.count == 5
     assert again.bad == st_.bad
-    # the next window is judged
+    # the next window is judged: shared with the three that joined it, it is per instance
+    # that served all of it (100 / 2 → 5, no more); once the five served a whole window,
+    # still over the budget: one more
     newer = replace(over, at=1001.0)
-    assert decide(P99, again, newer, 1.0, ready=5, start=2, fit=20).count > 5
+    shared = decide(P99, again, newer, 1.0, ready=5, start=2, fit=20)
+    assert shared.count == 5
+    later = decide(P99, shared, replace(over, at=1003.0), 3.0, ready=5, start=2, fit=20)
+    assert later.count > 5
+
+
+def test_p99_a_step_inside_a_window_is_not_learned_as_capacity() -> None:
+    """The step from 20 to 400 rps lands inside an edge window: the one instance was
+    overloaded for part of it and answered only 35 in it. That moves the count but is not
+    taken for what one instance carries; the next window, overloaded throughout and served
+    by the same instance, is (100 answered: ``bad`` and ``cap`` 100, not 35 → 10+)."""
+    calm = replace(load(20.0, p99=12.0, n=20), at=999.0)
+    st_ = decide(P99, at(1), calm, 0.0, ready=1, start=1, fit=20)
+    step = replace(load(172.0, p99=326.0, done=35.0, n=35), at=1000.0)
+    st_ = decide(P99, st_, step, 1.0, ready=1, start=1, fit=20)
+    assert st_.count == 6  # ceil(172 / (35 × 0.9)): up at once, on its own figures
+    assert st_.bad == 0.0  # ... but nothing learned
+    assert st_.cap == 0.0
+    full = replace(load(400.0, p99=1200.0, done=100.0, n=100), at=1001.0)
+    st_ = decide(P99, st_, full, 2.0, ready=1, start=1, fit=20)  # the 5 new ones not ready
+    assert (st_.bad, st_.cap) == (100.0, 100.0)
+    assert st_.count == 6  # ceil(400 / 90) = 5 ≤ 6: no more
+
+
+def test_p99_a_window_shared_with_instances_that_joined_it_is_per_instance_that_served_it() -> None:
+    """Five instances turned ready at the end of a window the one instance served alone:
+    its 100 answers are not 100 / 6 per instance (→ 20 instances), and nothing is learned
+    until the six have been ready together for a whole window."""
+    st_ = decide(P99, at(6), load(20.0, p99=12.0, n=20), 0.0, ready=1, start=1, fit=30)
+    st_ = replace(st_, count=6, over=True, last_rps=172.0)
+    full = replace(load(400.0, p99=1200.0, done=100.0, n=100), at=1001.0)
+    st_ = decide(P99, st_, full, 1.0, ready=6, start=1, fit=30)
+    assert st_.count == 6  # 400 / (100 per instance × 0.9) = 5
+    assert st_.bad == 0.0
+    assert st_.cap == 0.0
+    assert st_.decision is not None
+    assert st_.decision.direction == "hold"
+
+
+def test_p99_probes_down_to_what_the_learned_capacity_allows() -> None:
+    """10 instances at 40 rps each: p99 60 ms, within the 100 ms budget but not under half
+    of it. Seen to answer 100 rps per instance when overloaded, it needs 6 (under 80 % of
+    100 each), after the down window; and it stays there."""
+    auto = replace(P99, down=ScaleStep(5.0, 0))
+    st_ = at(10, cap=100.0, good=40.0)
+    counts = []
+    for i in range(20):
+        per = 400.0 / st_.count
+        sig = replace(load(400.0, p99=60.0 if per <= 70 else 150.0), at=float(i))
+        st_ = decide(auto, st_, sig, float(i), ready=st_.count, start=10, fit=20)
+        counts.append(st_.count)
+    assert counts[:5] == [10] * 5
+    assert counts[-1] == 6, counts
+    assert reversals(counts) == 0
+    assert st_.decision is not None
 
 
 def reversals(counts: list[int]) -> int:
