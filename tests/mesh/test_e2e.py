@@ -167,6 +167,8 @@ def test_stop_leaves_nothing_even_after_an_agent_was_killed(tmp_path):
         agent.kill()
         agent.wait(10)
         assert any(p.environ()["MYCO_NODE"] == node for p in instance_procs(mesh))
+        # The graceful stop goes on by itself (a second signal would force it instead).
+        mesh.proc.wait(timeout=60)
     finally:
         mesh.stop()
     assert "left behind by a lost agent" in mesh.log.read_text()
