@@ -31,6 +31,7 @@ KEY_NODE = "node"
 KEY_GARDEN = "garden"
 KEY_LEASE = "lease"
 KEY_EDGE_STATS = "edge/stats"
+KEY_BUILD = "build"
 PREFIX_INSTANCE = "inst/"
 PREFIX_INTENTS = "intents/"
 PREFIX_ROUTES = "routes/"
@@ -213,6 +214,18 @@ class AppStatus(_Record):
     #: apps with ``autoscale``: {current, desired, min, max, target, panic, last: the last
     #: decision {at, previous, desired, want, direction, reason}, pending, warning}
     autoscale: dict[str, Any] = field(default_factory=dict)
+    #: a failed dependency build: the installer's last lines (at most 20 lines, 4 KB)
+    build_log: str = ""
+
+
+@dataclass(frozen=True)
+class BuildProgressRecord(_Record):
+    """A reconciler's dependency builds under way (``build``), per app: ``step`` (the
+    current step, one line), ``packages`` (when known), ``elapsed_s`` (since that build
+    began, at ``at``); ``{}`` when none runs."""
+
+    apps: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from reconciler.commands.options import (
     refuse_plaintext,
     refuse_unsigned_gossip,
 )
+from reconciler.commands.spore_cmds import print_build_log
 from reconciler.errors import MycoError, UsageError
 
 if TYPE_CHECKING:
@@ -275,20 +276,33 @@ def _status_line(app: str, s: Mapping[str, Any]) -> str:
 
 
 class Progress:
-    """Prints an app's status line whenever it changes."""
+    """Prints an app's status line whenever it changes; build steps and a failed build's
+    last output lines go to stderr."""
 
     def __init__(self) -> None:
         self.shown: dict[str, str] = {}
+        self.logs: dict[str, str] = {}
+        self.builds: set[str] = set()  # polled through a reconciler: print each line once
 
     def note(self, text: str) -> None:
         print(text, flush=True)
 
+    def build(self, line: str) -> None:
+        if line not in self.builds:
+            print(f"myco: {line}", file=sys.stderr, flush=True)
+            self.builds.add(line)
+
     def apps(self, apps: Mapping[str, Mapping[str, Any]]) -> None:
         for app, s in sorted(apps.items()):
-            line = _status_line(app, s if isinstance(s, Mapping) else {})
+            s = s if isinstance(s, Mapping) else {}
+            line = _status_line(app, s)
             if self.shown.get(app) != line:
                 print(line, flush=True)
                 self.shown[app] = line
+            log = str(s.get("build_log") or "")
+            if log and self.logs.get(app) != log:
+                self.logs[app] = log
+                print_build_log(app, log)
 
 
 # -- myco apply / diff -------------------------------------------------------------------

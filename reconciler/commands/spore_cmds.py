@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from reconciler.home import state_dir
 from reconciler.model import AppSpec
 from reconciler.repo.store import SporeRepo
 from reconciler.spore.build import BuiltSpore, build_spore
-from reconciler.spore.deps import BuildSettings, build_app_spore
+from reconciler.spore.deps import BuildError, BuildSettings, BuildStep, build_app_spore
 from reconciler.spore.extract import extract_spore
 from reconciler.spore.keys import fingerprint, generate_keypair, load_public_key
 from reconciler.spore.seed import dna_from_seed_json
@@ -210,23 +209,35 @@ def cmd_build(args: argparse.Namespace) -> int:
         app = load_app(Path(args.app_file), args.app, repo_root)
         if args.build_timeout <= 0:
             raise UsageError("--build-timeout must be greater than 0")
-        started = time.monotonic()
-
-        def progress(text: str) -> None:
-            print(f"[{time.monotonic() - started:5.1f}s] {text}", file=sys.stderr, flush=True)
-
-        built = build_app_spore(
-            app.dna,
-            Path(args.key),
-            Path(args.out),
-            state_dir(args.state) / "build-cache",
-            BuildSettings(timeout_s=args.build_timeout),
-            progress,
-        )
+        try:
+            built = build_app_spore(
+                app.dna,
+                Path(args.key),
+                Path(args.out),
+                state_dir(args.state) / "build-cache",
+                BuildSettings(timeout_s=args.build_timeout),
+                _print_step,
+            )
+        except BuildError as exc:
+            print_build_log(app.name, exc.log)
+            raise
     else:
         raise UsageError("give MANIFEST.yaml, or --manifest M.json --binary PATH")
     _render_built(built, args.json)
     return 0
+
+
+def _print_step(step: BuildStep) -> None:
+    print(f"myco: {step.line()}", file=sys.stderr, flush=True)
+
+
+def print_build_log(app: str, lines: str) -> None:
+    """A failed build's last output lines, on stderr, before the one-line error."""
+    if lines:
+        print(f"myco: {app}: the build's last output lines:", file=sys.stderr)
+        for line in lines.splitlines():
+            print(f"  | {line}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 def _render_built(built: BuiltSpore, as_json: bool) -> None:
@@ -386,7 +397,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"myco build FILE --key {key} --out {out}",
     )
     for app in apps:
-        b = build_app_spore(app.dna, key, out, state / "build-cache", progress=_indented)
+        b = build_app_spore(
+            app.dna, key, out, state / "build-cache", progress=lambda s: _indented(s.line())
+        )
         built.append(b)
         print(f"    {app.name} {app.dna.version}: {b.path} ({b.path.stat().st_size} bytes)")
 

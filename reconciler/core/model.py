@@ -74,6 +74,8 @@ class DesiredApp:
 class Desired:
     apps: Mapping[str, DesiredApp] = field(default_factory=dict)
     invalid: Mapping[str, str] = field(default_factory=dict)  # app name or file -> first error
+    #: app -> the installer's last lines, for every app whose spore build failed ("": none ran)
+    build_logs: Mapping[str, str] = field(default_factory=dict)
     revision: str = ""
     fetch_urls: tuple[str, ...] = ()  # base URLs serving GET {url}/spores/{digest}
     allow_empty: bool = False

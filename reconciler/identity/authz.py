@@ -7,7 +7,8 @@ Fabric records (a compromised host can lie only about itself)::
     certs/<name>                             the member whose certificate name is <name>
     inst/<id>                                an agent (its own instances)
     intents/<node>, routes/<app>, lease,
-    garden, revocations, secrets/<node>/...  a reconciler
+    garden, build, revocations,
+    secrets/<node>/...                       a reconciler
     edge/stats                               an edge
 
 Every record's owner (the fabric member that publishes it) must also be the writer's
@@ -29,6 +30,7 @@ _EXACT: dict[str, tuple[str, ...]] = {
     "node": _MEMBER_OWN,
     "lease": ("reconciler",),
     "garden": ("reconciler",),
+    "build": ("reconciler",),
     "revocations": ("reconciler",),
     "edge/stats": ("edge",),
 }

@@ -39,6 +39,7 @@ from reconciler.mesh.identity import Identity, ensure_ca, ensure_identity
 from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
 from reconciler.observe.status import MeshStatus, build_status
 from reconciler.ports import free_port
+from reconciler.spore.deps import build_line
 
 log = logging.getLogger("myco.mesh")
 
@@ -366,20 +367,44 @@ def app_lines(status: MeshStatus) -> list[str]:
     return lines
 
 
+def status_changes(status: MeshStatus, shown: dict[str, str]) -> list[str]:
+    """The lines of ``status`` not shown yet (``shown`` remembers them, per app and kind):
+    each app's line, the step of a dependency build under way (``<app>: building: ...``)
+    and a failed build's last output lines."""
+    out: list[str] = []
+
+    def show(key: str, text: str) -> None:
+        if shown.get(key) != text:
+            shown[key] = text
+            out.extend(text.splitlines())
+
+    for line in app_lines(status):
+        show(line.split(":", 1)[0], line)
+    for app in status.apps:
+        if app.building:
+            elapsed = app.building.get("elapsed_s")
+            seconds = float(elapsed) if isinstance(elapsed, int | float) else 0.0
+            show(f"{app.name} build", build_line(app.name, str(app.building.get("step")), seconds))
+        if app.build_log:
+            lines = [f"  | {line}" for line in app.build_log.splitlines()]
+            show(f"{app.name} log", "\n".join([f"{app.name}: build failed; last lines:", *lines]))
+        else:
+            shown.pop(f"{app.name} log", None)
+    return out
+
+
 async def watch_status(api: str, say: Callable[[str], None], every_s: float = 1.0) -> None:
-    """Print each app's line whenever it changes, until cancelled (an agent that cannot be
-    reached, e.g. while it restarts, is asked again next time)."""
+    """Print each app's line whenever it changes, and its dependency builds' steps, until
+    cancelled (an agent that cannot be reached, e.g. while it restarts, is asked again
+    next time)."""
     shown: dict[str, str] = {}
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while True:
             with contextlib.suppress(MycoError):
                 status = build_status(await fetch_snapshot(session, api))
-                for line in app_lines(status):
-                    name = line.split(":", 1)[0]
-                    if shown.get(name) != line:
-                        shown[name] = line
-                        say(line)
+                for line in status_changes(status, shown):
+                    say(line)
             await asyncio.sleep(every_s)
 
 

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from reconciler.spore.deps import build_line
+
 from .status import AppView, MeshStatus, NodeView
 
 
@@ -67,6 +69,20 @@ def _decision(block: dict[str, Any]) -> str:
     return "; ".join(words) or "-"
 
 
+def build_lines(st: MeshStatus) -> list[str]:
+    """Builds under way (one line each) and failed builds' last output lines."""
+    out: list[str] = []
+    for a in st.apps:
+        if a.building:
+            elapsed = a.building.get("elapsed_s")
+            seconds = float(elapsed) if isinstance(elapsed, int | float) else 0.0
+            out.append(build_line(a.name, str(a.building.get("step", "")), seconds))
+        if a.build_log:
+            out.append(f"{a.name}: build failed; its last output lines:")
+            out += [f"  | {line}" for line in a.build_log.splitlines()]
+    return out
+
+
 def render_text(st: MeshStatus) -> str:
     head = f"GARDEN  revision {_short(st.revision) or '-'}"
     if st.source:
@@ -121,6 +137,11 @@ def render_text(st: MeshStatus) -> str:
             ],
         )
     )
+    builds = build_lines(st)
+    if builds:
+        parts.append("")
+        parts.append("BUILDS")
+        parts += [f"  {line}" for line in builds]
     scaled = [a for a in st.apps if a.autoscale]
     if scaled:
         parts.append("")

@@ -3,7 +3,8 @@
 Nodes come from membership joined with ``node`` records; apps from the ``garden`` record
 of the active reconciler (the highest lease ``epoch``), completed with apps that still have
 instances or routes but are no longer in the garden; instances from ``inst/*`` records;
-request figures from every edge's ``edge/stats``.
+request figures from every edge's ``edge/stats``; dependency builds under way from the
+reconcilers' ``build`` records (an app being built for the first time is listed too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from reconciler.errors import FabricError
 from reconciler.records import (
+    KEY_BUILD,
     KEY_EDGE_STATS,
     KEY_GARDEN,
     KEY_NODE,
@@ -67,6 +69,9 @@ class AppView:
     p99_ms: float = 0.0
     #: apps with ``autoscale``: the reconciler's block (AppStatus.autoscale); {} otherwise
     autoscale: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: a dependency build under way: {step, packages?, elapsed_s} (the ``build`` record)
+    building: dict[str, Any] = dataclasses.field(default_factory=dict)
+    build_log: str = ""  # a failed build: the installer's last lines
 
     @property
     def instances(self) -> int:
@@ -129,6 +134,7 @@ def build_status(snap: FabricSnapshot) -> MeshStatus:
     routes: dict[str, RouteRecord] = {}
     gardens: list[tuple[int, str, dict[str, Any]]] = []
     edge: dict[str, list[dict[str, Any]]] = {}
+    building: dict[str, tuple[float, dict[str, Any]]] = {}  # app -> (record's at, entry)
     for e in snap.entries:
         if not isinstance(e.value, dict):
             continue
@@ -145,6 +151,13 @@ def build_status(snap: FabricSnapshot) -> MeshStatus:
             elif e.key == KEY_GARDEN:
                 epoch = e.value.get("epoch", 0)
                 gardens.append((epoch if isinstance(epoch, int) else 0, e.owner, e.value))
+            elif e.key == KEY_BUILD:
+                at, per_app = e.value.get("at", 0.0), e.value.get("apps", {})
+                at = float(at) if isinstance(at, int | float) else 0.0
+                if isinstance(per_app, dict):
+                    for app, entry in per_app.items():
+                        if isinstance(entry, dict) and at >= building.get(app, (-1.0, {}))[0]:
+                            building[app] = (at, entry)
             elif e.key == KEY_EDGE_STATS:
                 per_app = e.value.get("apps", {})
                 if isinstance(per_app, dict):
@@ -156,7 +169,8 @@ def build_status(snap: FabricSnapshot) -> MeshStatus:
     instances.sort(key=lambda i: (i.app, i.node, i.instance_id))
     garden = max(gardens, key=lambda g: (g[0], g[1])) if gardens else None
     nodes = _nodes(snap, node_records, instances)
-    apps = _apps(garden[2] if garden else {}, instances, routes, edge)
+    builds = {app: entry for app, (_, entry) in building.items()}
+    apps = _apps(garden[2] if garden else {}, instances, routes, edge, builds)
     if garden is None:
         return MeshStatus(nodes=nodes, apps=apps, instances=tuple(instances))
     g = garden[2]
@@ -225,6 +239,7 @@ def _apps(
     instances: list[InstanceView],
     routes: Mapping[str, RouteRecord],
     edge: Mapping[str, list[dict[str, Any]]],
+    building: Mapping[str, dict[str, Any]],
 ) -> tuple[AppView, ...]:
     statuses = garden.get("apps", {})
     if not isinstance(statuses, dict):
@@ -233,7 +248,7 @@ def _apps(
     for i in instances:
         per = phases.setdefault(i.app, {})
         per[i.phase] = per.get(i.phase, 0) + 1
-    names = sorted(set(statuses) | set(phases) | set(routes))
+    names = sorted(set(statuses) | set(phases) | set(routes) | set(building))
     revision = str(garden.get("revision", ""))
     out = []
     for name in names:
@@ -245,6 +260,7 @@ def _apps(
             "prefix": route.prefix if route else "",
             "backends": len(route.backends) if route else 0,
             "phases": counts,
+            "building": building.get(name, {}),
             **figures,
         }
         if isinstance(raw, dict):
@@ -264,9 +280,12 @@ def _apps(
                     rollout=st.rollout,
                     spec_digest=st.spec_digest,
                     autoscale=st.autoscale if isinstance(st.autoscale, dict) else {},
+                    build_log=st.build_log if isinstance(st.build_log, str) else "",
                     **common,
                 )
             )
+        elif name in building and not counts and route is None:  # its first build
+            out.append(AppView(name=name, sync="OutOfSync", health="Missing", **common))
         else:
             ready = counts.get("ready", 0)
             out.append(AppView(name=name, reason=NOT_IN_GARDEN, ready=ready, **common))

@@ -8,8 +8,9 @@
 * :func:`apply_one_shot` is a reconciler for as long as it takes: it joins the fabric
   (:func:`.service.open_member`), holds the lease, converges, and gives the lease back.
 
-Progress is handed to a ``show`` callback (the CLI renders it); a timeout or a refusal is
-an error of the tree in :mod:`reconciler.errors`.
+Progress is handed to a ``show`` callback (the CLI renders it), dependency builds included
+(each step one-shot; the builds under way, polled, through the reconciler); a timeout or
+a refusal is an error of the tree in :mod:`reconciler.errors`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from reconciler.reconcile.lease import LeaseConfig
 from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings
 from reconciler.reconcile.service import MemberConfig, open_member
 from reconciler.reconcile.source import StaticSource
+from reconciler.spore.deps import build_line
 
 
 class Show(Protocol):
@@ -40,6 +42,10 @@ class Show(Protocol):
     def apps(self, apps: Mapping[str, Mapping[str, Any]]) -> None:
         """Every app's status (``{app: {"sync":..., "health":..., ...}}``), often repeated."""
 
+    def build(self, line: str) -> None:
+        """A step of a dependency build (:func:`~reconciler.spore.deps.build_line`), maybe
+        repeated."""
+
 
 @dataclass(frozen=True)
 class ApplyOptions:
@@ -50,10 +56,14 @@ class ApplyOptions:
 
 
 def finished(apps: Mapping[str, Mapping[str, Any]], healthy: bool) -> tuple[bool, bool]:
-    """(finished, failed) for statuses: InvalidSpec fails; ``healthy`` wants all Healthy."""
+    """(finished, failed) for statuses: InvalidSpec fails; ``healthy`` wants all Healthy
+    (but for the InvalidSpec apps: an app whose build failed will not get healthy)."""
     failed = any(s.get("sync") == "InvalidSpec" for s in apps.values())
     if healthy:
-        ok = all(s.get("health") in ("Healthy", "Suspended") for s in apps.values())
+        ok = all(
+            s.get("health") in ("Healthy", "Suspended") or s.get("sync") == "InvalidSpec"
+            for s in apps.values()
+        )
         degraded = any("reverted" in str(s.get("reason", "")) for s in apps.values())
         return ok or degraded, failed or degraded
     return True, failed
@@ -83,6 +93,11 @@ async def apply_through(
     deadline = time.monotonic() + opts.timeout_s
     while True:
         status = await client.status()
+        building = status.get("building")
+        if isinstance(building, dict):
+            for app, entry in sorted(building.items()):
+                if isinstance(entry, dict):
+                    show.build(_entry_line(app, entry))
         apps = status.get("apps") or {}
         show.apps(apps)
         if status.get("revision") == revision and status.get("converged"):
@@ -92,6 +107,12 @@ async def apply_through(
         if time.monotonic() > deadline:
             raise _not_converged(opts.timeout_s)
         await asyncio.sleep(0.25)  # the control API has no push; poll it
+
+
+def _entry_line(app: str, entry: Mapping[str, Any]) -> str:
+    elapsed = entry.get("elapsed_s")
+    seconds = float(elapsed) if isinstance(elapsed, int | float) else 0.0
+    return build_line(app, str(entry.get("step", "")), seconds)
 
 
 def _same_dir(a: str, b: Path) -> bool:
@@ -108,6 +129,7 @@ async def apply_one_shot(
     )
     try:
         async with open_member(member, source, settings) as rec, asyncio.TaskGroup() as tg:
+            rec.step_listeners.append(lambda step: show.build(step.line()))
             task = tg.create_task(rec.run(), name="apply")
             try:
                 return await _follow(rec, result, opts, show)

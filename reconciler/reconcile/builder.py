@@ -8,7 +8,9 @@ shows InvalidSpec with the build error, while the other apps go on.
 
 A DNA with a dependency build (``spec.build``) is built by :mod:`reconciler.spore.deps`,
 whose outputs are cached by input hash in ``cache_dir`` (default ``<repo>/../build-cache``,
-i.e. ``<state>/build-cache`` for the default repo); each build step is logged as one line.
+i.e. ``<state>/build-cache`` for the default repo); each build step is logged as one line
+and handed to ``on_step`` (the reconcile loop publishes it: ``myco up``, ``myco apply`` and
+``myco status`` show it). A failed build's installer lines go to ``Desired.build_logs``.
 A build that failed is not run again for the same DNA before ``retry_failed_s``.
 """
 
@@ -18,7 +20,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from reconciler.model import Dna, Garden
 from reconciler.records import Nutrients
 from reconciler.repo import SporeRepo
 from reconciler.spore.build import dna_key
-from reconciler.spore.deps import BuildSettings, build_app_spore
+from reconciler.spore.deps import BuildError, BuildSettings, BuildStep, build_app_spore
 from reconciler.spore.keys import load_private_key
 from reconciler.spore.verify import read_manifest
 
@@ -86,6 +88,13 @@ class SporeBuilder:
         self.retry_failed_s = retry_failed_s
         self._failed: dict[str, tuple[float, MycoError]] = {}  # dna key -> (when, error)
         self._platforms: dict[str, str] = {}  # digest -> its manifest's build.platform
+        #: called (in the building thread) with every step of a dependency build
+        self.on_step: Callable[[BuildStep], None] | None = None
+
+    def _progress(self, step: BuildStep) -> None:
+        log.info("build %s", step)
+        if self.on_step is not None:
+            self.on_step(step)
 
     def _signing_key(self) -> Ed25519PrivateKey:
         if self._key is None:
@@ -126,7 +135,7 @@ class SporeBuilder:
                     Path(tmp),
                     self.cache_dir,
                     self.settings,
-                    progress=lambda text: log.info("build %s", text),
+                    progress=self._progress,
                 )
                 digest = self.repo.put(built.path)
         except MycoError as exc:
@@ -152,6 +161,7 @@ def desired_from(
     ov = overrides or Overrides()
     apps: dict[str, DesiredApp] = {}
     invalid: dict[str, str] = dict(garden.invalid)
+    build_logs: dict[str, str] = {}
     for spec in garden.apps:
         digest = platform = ""
         if spec.name in ov.pins:
@@ -167,14 +177,17 @@ def desired_from(
             except MycoError as exc:
                 log.warning("cannot build the spore of %s: %s", spec.name, exc)
                 invalid[spec.name] = f"spore build failed: {exc}"
+                build_logs[spec.name] = exc.log if isinstance(exc, BuildError) else ""
                 continue
             except OSError as exc:
                 invalid[spec.name] = f"spore build failed: {exc.strerror or exc}"
+                build_logs[spec.name] = ""
                 continue
         apps[spec.name] = DesiredApp(spec=spec, digest=digest, platform=platform)
     return Desired(
         apps=apps,
         invalid=invalid,
+        build_logs=build_logs,
         revision=garden.revision,
         fetch_urls=fetch_urls,
         allow_empty=allow_empty,

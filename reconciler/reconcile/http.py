@@ -61,6 +61,7 @@ def status_json(rec: ReconcileLoop) -> dict[str, Any]:
         "converged": rec.converged.is_set(),
         "passes": rec.passes,
         "apps": {name: s.to_json() for name, s in sorted(rec.statuses.items())},
+        "building": dict(sorted(rec.building.items())),
         "overrides": rec.overrides.to_json(),
     }
 

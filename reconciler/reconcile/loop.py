@@ -14,11 +14,20 @@ Tasks, all owned by one TaskGroup:
   publish every second while there is traffic, which wakes the plan loop).
 
 Signal handlers and callbacks only set the wake event; the plan loop is the one consumer.
+
+Dependency builds run in the garden task's thread; each step they report
+(:class:`~reconciler.spore.deps.BuildStep`) comes back to the event loop, is kept in
+``building`` (app -> step, package count, elapsed), handed to ``step_listeners`` (``myco
+apply`` prints them) and published as the ``build`` record (``myco up`` and ``myco status``
+show it); the record is deleted when the builds are over. An app whose build failed gets
+its installer's last lines in ``AppStatus.build_log``, and an InvalidSpec status even if
+it never ran (so ``myco apply`` fails for it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -49,8 +58,10 @@ from reconciler.reconcile.lease import Lease, LeaseConfig
 from reconciler.reconcile.mirror import FabricMirror
 from reconciler.reconcile.source import GardenSource
 from reconciler.records import (
+    KEY_BUILD,
     KEY_EDGE_STATS,
     KEY_GARDEN,
+    BuildProgressRecord,
     GardenRevisionRecord,
     intents_key,
     plain,
@@ -59,6 +70,7 @@ from reconciler.records import (
 
 if TYPE_CHECKING:
     from reconciler.observe.metrics import Metrics
+    from reconciler.spore.deps import BuildStep
 
 log = logging.getLogger("myco.reconciler")
 
@@ -102,6 +114,24 @@ def stabilize(new: Desired, old: Desired | None) -> Desired:
     return replace(new, apps=old.apps if same else apps)
 
 
+def with_builds(statuses: dict[str, Status], desired: Desired) -> dict[str, Status]:
+    """Statuses with each failed build's installer lines; an app whose build failed and that
+    never ran (the planner has no status for it) is shown InvalidSpec all the same."""
+    if not desired.build_logs:
+        return statuses
+    out = dict(statuses)
+    for app, lines in desired.build_logs.items():
+        st = out.get(app)
+        if st is None:
+            reason = desired.invalid.get(app, "spore build failed")
+            out[app] = Status(
+                sync="InvalidSpec", reason=reason, revision=desired.revision, build_log=lines
+            )
+        elif st.build_log != lines:
+            out[app] = replace(st, build_log=lines)
+    return out
+
+
 class ReconcileLoop:
     def __init__(
         self,
@@ -139,6 +169,10 @@ class ReconcileLoop:
         self.control_url = ""
         self._published_garden: dict[str, Any] | None = None
         self.metrics: Metrics | None = None  # set by the control API when it serves /metrics
+        #: dependency builds under way: app -> {step, packages?, elapsed_s}
+        self.building: dict[str, dict[str, Any]] = {}
+        self.step_listeners: list[Callable[[BuildStep], None]] = []
+        self._build_published = False
 
     # -- desired state ---------------------------------------------------------------
 
@@ -156,14 +190,29 @@ class ReconcileLoop:
         if self.garden is None:
             return
         garden = self.garden.garden
-        desired = await asyncio.to_thread(
-            desired_from,
-            garden,
-            self.builder,
-            fetch_urls=self.settings.fetch_urls,
-            allow_empty=self.settings.allow_empty,
-            overrides=self.overrides,
-        )
+        if self.builder is not None:
+            loop = asyncio.get_running_loop()
+
+            def from_thread(step: BuildStep) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closing: nobody to tell
+                    loop.call_soon_threadsafe(self.on_build_step, step)
+
+            self.builder.on_step = from_thread
+        try:
+            desired = await asyncio.to_thread(
+                desired_from,
+                garden,
+                self.builder,
+                fetch_urls=self.settings.fetch_urls,
+                allow_empty=self.settings.allow_empty,
+                overrides=self.overrides,
+            )
+        except BaseException:  # cancelled (stopping): nothing to publish any more
+            self.building.clear()
+            raise
+        # every step reported in the thread has been handled before this point
+        self.building.clear()
+        self.publish_building()
         self.desired = stabilize(desired, self.desired)
         log.info(
             "garden %s at %s: %d app(s), %d invalid",
@@ -173,6 +222,29 @@ class ReconcileLoop:
             len(desired.invalid),
         )
         self.wake.set()
+
+    def on_build_step(self, step: BuildStep) -> None:
+        """A step of a dependency build (on the event loop): keep, tell, publish it."""
+        if step.final:
+            self.building.pop(step.app, None)
+        else:
+            entry: dict[str, Any] = {"step": step.text, "elapsed_s": step.elapsed_s}
+            if step.packages is not None:
+                entry["packages"] = step.packages
+            self.building[step.app] = entry
+        for listener in list(self.step_listeners):
+            listener(step)
+        self.publish_building()
+
+    def publish_building(self) -> None:
+        """The ``build`` record while builds run; deleted once they are over."""
+        if self.building:
+            record = BuildProgressRecord(apps=dict(sorted(self.building.items())), at=self.wall())
+            self.fabric.publish(KEY_BUILD, plain(record.to_json()))
+            self._build_published = True
+        elif self._build_published:
+            self.fabric.delete(KEY_BUILD)
+            self._build_published = False
 
     async def set_overrides(self, overrides: Overrides) -> None:
         self.overrides = overrides
@@ -200,7 +272,7 @@ class ReconcileLoop:
         self.publish(actions, after)
         if actions.rollouts or not self.history:
             history.record(self.history, after.rollouts, self.desired, now)
-        self.statuses = annotate(statuses, self.autoscaler.states, desired)
+        self.statuses = with_builds(annotate(statuses, self.autoscaler.states, desired), desired)
         self.publish_garden()
         self.last_actions = actions
         self.passes += 1

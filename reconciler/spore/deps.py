@@ -19,6 +19,12 @@ interpreter), no ``RECORD``/``INSTALLER``/``REQUESTED``/``direct_url.json`` in
 ``node_modules/.package-lock.json``; a file that still names the build directory is
 refused. Timestamps, order and modes are fixed by the spore builder itself.
 
+Progress goes to a ``progress`` callback as :class:`BuildStep` values (the app, the step,
+the package count when known, the time since the build began); an installer that runs
+long reports ``... running (Ns)`` every ``BuildSettings.heartbeat_s``. A failure is a
+:class:`BuildError` whose message is one line and whose ``log`` holds the installer's last
+lines (at most :data:`LOG_LINES` lines, :data:`LOG_BYTES` bytes).
+
 Builds are cached by the hash of their inputs in ``<cache>/<hash>/`` (``out/`` + a
 ``result.json``), made in ``<cache>/tmp/`` and renamed into place (atomic): a hit costs no
 network and no installer run. The platform is ``"any"`` unless the output holds compiled
@@ -32,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,18 +67,50 @@ from reconciler.spore.platforms import ANY, node_platform, python_platform, targ
 
 log = logging.getLogger("myco.spore.deps")
 
-Progress = Callable[[str], None]
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One step of a build, for display: ``str()`` is the one-line ``"<app>: <text>"``."""
+
+    app: str
+    text: str  # "pip install of 12 pinned package(s)", "npm ci finished (4.1s)", ...
+    elapsed_s: float  # since this build began
+    packages: int | None = None  # when known
+    final: bool = False  # the build is over (done or cached): nothing more will follow
+
+    def __str__(self) -> str:
+        return f"{self.app}: {self.text}"
+
+    def line(self) -> str:
+        """How ``myco build``, ``myco apply`` and ``myco up`` print it (:func:`build_line`)."""
+        return build_line(self.app, self.text, self.elapsed_s, final=self.final)
+
+
+def build_line(app: str, step: str, elapsed_s: float, *, final: bool = False) -> str:
+    """``<app>: building: <step> [<elapsed>s]`` (``built:`` for the last step), one line."""
+    step = " ".join(step.splitlines())
+    return f"{app}: {'built' if final else 'building'}: {step} [{elapsed_s:.1f}s]"
+
+
+Progress = Callable[[BuildStep], None]
 
 CACHE_VERSION = "myco.build-cache/v1"
 RESULT = "result.json"
 #: SOURCE_DATE_EPOCH for build tools: the spores' fixed timestamp (1980-01-01).
 SOURCE_DATE_EPOCH = "315532800"
-TAIL_LINES = 6
+TAIL_LINES = 6  # in the one-line error
+LOG_LINES = 20  # in BuildError.log (an app's status, `myco build`)
+LOG_BYTES = 4096
 DIST_INFO_DROP = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
 
 
 class BuildError(SporeError):
-    """A dependency build failed or was refused (one line; an installer's last lines)."""
+    """A dependency build failed or was refused: one line, and in ``log`` the installer's or
+    build command's last output lines ("" for a refusal that ran nothing)."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
 
 
 @dataclass(frozen=True)
@@ -83,6 +122,7 @@ class BuildSettings:
     max_output_files: int = 9_000  # a spore holds at most 10,000 entries
     python: str = sys.executable  # the interpreter whose pip installs (and whose tag is used)
     npm: str = "npm"
+    heartbeat_s: float = 10.0  # a long installer run reports "... running (Ns)" this often
 
 
 @dataclass(frozen=True)
@@ -99,11 +139,19 @@ class BuildResult:
     elapsed_s: float
 
 
-def _say(progress: Progress | None, text: str) -> None:
+def _say(
+    progress: Progress | None,
+    app: str,
+    text: str,
+    started: float,
+    packages: int | None = None,
+    final: bool = False,
+) -> None:
+    step = BuildStep(app, text, round(time.monotonic() - started, 1), packages, final)
     if progress is not None:
-        progress(text)
+        progress(step)
     else:
-        log.info("%s", text)
+        log.info("%s", step)
 
 
 # -- the lock files ------------------------------------------------------------------------
@@ -271,7 +319,14 @@ def run_build(
     entry = cache_dir / inputs
     cached = _load_cached(entry, inputs)
     if cached is not None:
-        _say(progress, f"{dna.name}: {build.kind} build cached ({inputs[:12]})")
+        _say(
+            progress,
+            dna.name,
+            f"{build.kind} build cached ({inputs[:12]}, {cached.packages} package(s))",
+            started,
+            cached.packages,
+            final=True,
+        )
         return cached
     tmp_root = cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -300,9 +355,13 @@ def run_build(
         raise BuildError(f"build cache entry {entry} is unreadable")
     _say(
         progress,
-        f"{dna.name}: {build.kind} build done: {result.packages} package(s), "
+        dna.name,
+        f"{build.kind} build done: {result.packages} package(s), "
         f"{len(result.files)} files, {result.size / 1e6:.1f} MB, platform {result.platform}, "
         f"{elapsed:.1f}s",
+        started,
+        result.packages,
+        final=True,
     )
     return replace(result, cached=False, elapsed_s=elapsed)
 
@@ -335,10 +394,13 @@ def _build_into(
             argv.append("--require-hashes")
         _say(
             progress,
-            f"{dna.name}: pip install of {lock.count} pinned package(s)"
+            dna.name,
+            f"pip install of {lock.count} pinned package(s)"
             + (" (hashes required)" if lock.hashed else ""),
+            started,
+            lock.count,
         )
-        _run(ctx, argv, work, "pip install")
+        _run(ctx, argv, work, "pip install", lock.count)
         return lock.count
     if build.kind == "node":
         lock_path = dna.source / build.lockfile
@@ -351,8 +413,8 @@ def _build_into(
                 shutil.copyfile(src, proj / name)
         argv = [settings.npm, "ci", "--omit=dev", "--no-audit", "--no-fund"]
         argv += ["--no-update-notifier"]
-        _say(progress, f"{dna.name}: npm ci of {count} package(s)")
-        _run(ctx, argv, proj, "npm ci")
+        _say(progress, dna.name, f"npm ci of {count} package(s)", started, count)
+        _run(ctx, argv, proj, "npm ci", count)
         dest = out / build_dir(build)
         dest.parent.mkdir(parents=True, exist_ok=True)
         modules = proj / "node_modules"
@@ -368,7 +430,7 @@ def _build_into(
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f.source, dst)
         os.chmod(dst, f.mode)
-    _say(progress, f"{dna.name}: running {' '.join(build.command)}")
+    _say(progress, dna.name, f"running {_argv_text(build.command)}", started)
     _run(ctx, list(build.command), copy, "build command")
     base = copy.resolve()
     for rel in build.outputs:
@@ -385,15 +447,38 @@ def _build_into(
     return 0
 
 
-def _tail(log_file: Path) -> str:
+def _argv_text(argv: Sequence[str], limit: int = 200) -> str:
+    """An argv as one shell-quoted line (newlines escaped), cut at ``limit`` characters."""
+    text = shlex.join(argv).replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _last_lines(log_file: Path) -> list[str]:
+    """The non-blank last lines of a run's output (each cut at 240 characters)."""
     try:
         with open(log_file, "rb") as fh:
             fh.seek(max(0, os.fstat(fh.fileno()).st_size - 16384))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
-        return ""
-    lines = [ln.strip()[:240] for ln in text.splitlines() if ln.strip()]
-    return " | ".join(lines[-TAIL_LINES:])
+        return []
+    return [ln.rstrip()[:240] for ln in text.splitlines() if ln.strip()]
+
+
+def _tail(lines: list[str]) -> str:
+    """The one-line form: the last :data:`TAIL_LINES` lines joined by `` | ``."""
+    return " | ".join(ln.strip() for ln in lines[-TAIL_LINES:])
+
+
+def _log(lines: list[str]) -> str:
+    """The bounded multi-line form: at most :data:`LOG_LINES` lines and :data:`LOG_BYTES`."""
+    kept: list[str] = []
+    size = 0
+    for line in reversed(lines[-LOG_LINES:]):
+        size += len(line.encode()) + 1
+        if size > LOG_BYTES:
+            break
+        kept.append(line)
+    return "\n".join(reversed(kept))
 
 
 @dataclass(frozen=True)
@@ -408,9 +493,9 @@ class _Run:
     started: float
 
 
-def _run(ctx: _Run, argv: list[str], cwd: Path, what: str) -> None:
+def _run(ctx: _Run, argv: list[str], cwd: Path, what: str, packages: int | None = None) -> None:
     """Run one installer or command, bounded by the timeout; its output goes to a log file
-    whose last lines make the error."""
+    whose last lines make the error. Says ``<what> running (Ns)`` every heartbeat."""
     app, settings, progress, started = ctx.app, ctx.settings, ctx.progress, ctx.started
     env = ctx.env
     log_file = ctx.work / f"{what.replace(' ', '-')}.log"
@@ -427,24 +512,38 @@ def _run(ctx: _Run, argv: list[str], cwd: Path, what: str) -> None:
             )
         except OSError as exc:
             raise BuildError(f"{app}: cannot run {what} ({argv[0]}): {exc.strerror}") from None
+        began = time.monotonic()
         try:
-            code = proc.wait(timeout=settings.timeout_s)
+            while True:
+                left = began + settings.timeout_s - time.monotonic()
+                try:
+                    code = proc.wait(timeout=max(0.0, min(left, settings.heartbeat_s)))
+                    break
+                except subprocess.TimeoutExpired:
+                    if left <= settings.heartbeat_s:
+                        raise
+                    ran = time.monotonic() - began
+                    _say(progress, app, f"{what} running ({ran:.0f}s)", started, packages)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            tail = _tail(log_file)
+            lines = _last_lines(log_file)
             raise BuildError(
                 f"{app}: {what} timed out after {settings.timeout_s:g}s"
-                + (f": {tail}" if tail else "")
+                + (f": {_tail(lines)}" if lines else ""),
+                _log(lines),
             ) from None
         finally:
             if proc.poll() is None:  # interrupted: never leave an installer behind
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     if code != 0:
-        tail = _tail(log_file)
-        raise BuildError(f"{app}: {what} failed (exit {code})" + (f": {tail}" if tail else ""))
-    _say(progress, f"{app}: {what} finished ({time.monotonic() - started:.1f}s)")
+        lines = _last_lines(log_file)
+        raise BuildError(
+            f"{app}: {what} failed (exit {code})" + (f": {_tail(lines)}" if lines else ""),
+            _log(lines),
+        )
+    _say(progress, app, f"{what} finished ({time.monotonic() - started:.1f}s)", started, packages)
 
 
 # -- normalising the output ----------------------------------------------------------------

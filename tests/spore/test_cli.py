@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import sys
 from pathlib import Path
 
 from reconciler.cli import main
@@ -163,6 +164,51 @@ def test_invalid_manifest_prints_its_problems(capsys, keys, tmp_path):
     assert code == 1
     assert f"{f}:" in err
     assert not (tmp_path / "o").exists()
+
+
+def _command_build_app(tmp_path: Path, script: str) -> Path:
+    src = tmp_path / "src"
+    src.mkdir(parents=True)
+    (src / "make.py").write_text(script)
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    doc = tmp_path / "tool.yaml"
+    doc.write_text(
+        "apiVersion: myco/v1\nkind: Spore\nmetadata: {name: tool}\nspec:\n"
+        '  version: "1"\n  source: ./src\n  command: ["./run.sh"]\n'
+        f'  build:\n    command:\n      run: ["{sys.executable}", make.py]\n'
+        "      outputs: [dist]\n"
+    )
+    return doc
+
+
+def test_build_shows_its_steps_and_a_failed_builds_last_lines(capsys, keys, tmp_path):
+    ok = "import os\nprint('making', flush=True)\nos.makedirs('dist')\nopen('dist/x', 'w')\n"
+    doc = _command_build_app(tmp_path / "a", ok)
+    common = ["--key", str(keys.key), "--out", str(tmp_path / "o"), "--state", str(tmp_path)]
+    code, out, err = run(capsys, "build", str(doc), *common)
+    assert code == 0, err
+    assert "build:  command, platform any" in out
+    lines = err.splitlines()
+    assert lines[0] == f"myco: tool: building: running {sys.executable} make.py [0.0s]"
+    assert lines[1].startswith("myco: tool: building: build command finished (")
+    assert lines[2].startswith("myco: tool: built: command build done: 0 package(s), 1 files")
+    assert len(lines) == 3
+    # the same inputs again: from the cache
+    code, _, err = run(capsys, "build", str(doc), *common)
+    assert code == 0
+    assert err.startswith("myco: tool: built: command build cached (")
+
+    bad = "for i in range(40):\n    print('problem', i)\nraise SystemExit(4)\n"
+    doc = _command_build_app(tmp_path / "b", bad)
+    code, out, err = run(capsys, "build", str(doc), *common)
+    assert code == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0].startswith("myco: tool: building: running ")
+    assert lines[1] == "myco: tool: the build's last output lines:"
+    assert lines[2:22] == [f"  | problem {i}" for i in range(20, 40)]
+    assert lines[22].startswith("myco: error: tool: build command failed (exit 4): problem 34 |")
+    assert len(lines) == 23  # the error itself is one line
 
 
 def test_build_usage_errors(capsys, keys, tmp_path):

@@ -21,7 +21,15 @@ from reconciler.model import AppSpec, Build, Deployment, Dna, Garden
 from reconciler.reconcile.builder import SporeBuilder, desired_from
 from reconciler.repo import SporeRepo
 from reconciler.spore.build import dna_key
-from reconciler.spore.deps import BuildError, BuildSettings, build_app_spore, check_requirements
+from reconciler.spore.deps import (
+    LOG_BYTES,
+    LOG_LINES,
+    BuildError,
+    BuildSettings,
+    BuildStep,
+    build_app_spore,
+    check_requirements,
+)
 from reconciler.spore.platforms import python_platform
 from reconciler.spore.trust import TrustPolicy
 from reconciler.spore.verify import verify_spore
@@ -140,7 +148,7 @@ def test_python_build_is_vendored_normalised_and_reproducible(
     tmp_path: Path, index: Path, keys: KeyPair
 ) -> None:
     dna = _app(tmp_path, _lock(index, "tinypkg==1.0"))
-    seen: list[str] = []
+    seen: list[BuildStep] = []
     a = build_app_spore(
         dna, keys.key, tmp_path / "out-a", tmp_path / "cache-a", progress=seen.append
     )
@@ -155,8 +163,15 @@ def test_python_build_is_vendored_normalised_and_reproducible(
     assert not [p for p in paths if p.endswith(("RECORD", "INSTALLER", "REQUESTED", ".pyc"))]
     assert not [p for p in paths if "__pycache__" in p or p.startswith("_vendor/python/bin/")]
     assert a.manifest.build == Build("python", requirements="requirements.txt", platform="any")
-    assert any("pip install of 1 pinned package(s)" in s for s in seen)
-    assert any("build done: 1 package(s)" in s for s in seen)
+    # every step names the app, the package count and the time since the build began
+    texts = [s.text for s in seen]
+    assert texts[0] == "pip install of 1 pinned package(s)"
+    assert texts[1].startswith("pip install finished (")
+    assert texts[-1].startswith("python build done: 1 package(s), ")
+    assert {(s.app, s.packages) for s in seen} == {("api", 1)}
+    assert [s.final for s in seen] == [False] * (len(seen) - 1) + [True]
+    assert all(0 <= a.elapsed_s <= b.elapsed_s for a, b in zip(seen, seen[1:], strict=False))
+    assert seen[-1].line().startswith("api: built: python build done: 1 package(s), ")
     verified = verify_spore(a.path, TrustPolicy.load([keys.pub]), a.digest, deep=True)
     assert verified.manifest.build is not None
     assert verified.manifest.build.platform == "any"
@@ -168,11 +183,13 @@ def test_cache_hit_runs_no_installer(tmp_path: Path, index: Path, keys: KeyPair)
     first = build_app_spore(dna, keys.key, tmp_path / "o1", cache)
     # an interpreter that does not exist: any installer run would fail
     broken = BuildSettings(python=str(tmp_path / "no-such-python"))
-    seen: list[str] = []
+    seen: list[BuildStep] = []
     again = build_app_spore(dna, keys.key, tmp_path / "o2", cache, broken, seen.append)
     assert again.digest == first.digest
-    assert seen
-    assert "build cached" in seen[0]
+    assert len(seen) == 1
+    assert seen[0].final
+    assert seen[0].packages == 1
+    assert seen[0].text.startswith("python build cached (")
     assert not (cache / "tmp").exists() or not list((cache / "tmp").iterdir())
     # a source change that is no build input: a new spore, but the build still comes from cache
     (dna.source / "app.py").write_text("print('changed')\n")
@@ -282,6 +299,41 @@ def test_a_hanging_build_is_stopped_by_the_timeout(tmp_path: Path, keys: KeyPair
         build_app_spore(
             dna, keys.key, tmp_path / "out", tmp_path / "cache", BuildSettings(timeout_s=0.5)
         )
+
+
+def test_a_failed_build_keeps_its_last_output_lines_bounded(tmp_path: Path, keys: KeyPair) -> None:
+    script = "for i in range(100):\n    print(f'line {i}: ' + 'x' * 300)\nraise SystemExit(3)\n"
+    dna = _command_app(tmp_path, script, ("dist",))
+    with pytest.raises(BuildError) as exc:
+        build_app_spore(dna, keys.key, tmp_path / "out", tmp_path / "cache")
+    message = str(exc.value)
+    assert message.startswith("tool: build command failed (exit 3): line 94: xxx")
+    assert "\n" not in message
+    assert "line 99: " in message
+    lines = exc.value.log.splitlines()
+    assert lines[-1].startswith("line 99: xxx")
+    assert len(lines[-1]) == 240
+    assert len(exc.value.log.encode()) <= LOG_BYTES  # 4 KB before 20 lines here
+    assert lines == [f"line {i}: ".ljust(240, "x") for i in range(100 - len(lines), 100)]
+    (tmp_path / "b").mkdir()
+    script = "for i in range(50):\n    print(i)\nraise SystemExit(1)\n"
+    short = _command_app(tmp_path / "b", script, ())
+    with pytest.raises(BuildError) as exc:
+        build_app_spore(short, keys.key, tmp_path / "out", tmp_path / "cache")
+    assert exc.value.log.splitlines() == [str(i) for i in range(50 - LOG_LINES, 50)]
+
+
+def test_a_long_installer_run_reports_that_it_is_running(tmp_path: Path, keys: KeyPair) -> None:
+    script = "import os, time\ntime.sleep(0.6)\nos.makedirs('dist')\n"
+    dna = _command_app(tmp_path, script, ("dist",))
+    seen: list[BuildStep] = []
+    settings = BuildSettings(heartbeat_s=0.1)
+    build_app_spore(dna, keys.key, tmp_path / "out", tmp_path / "cache", settings, seen.append)
+    running = [s for s in seen if s.text.startswith("build command running (")]
+    assert len(running) >= 2  # one every 0.1 s of the 0.6 s run
+    assert seen[0].text == f"running {sys.executable} make.py"
+    assert seen[-1].final
+    assert seen[-1].line().startswith("tool: built: command build done: ")
 
 
 def test_output_embedding_the_build_path_is_refused(tmp_path: Path, keys: KeyPair) -> None:
