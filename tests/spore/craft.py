@@ -8,6 +8,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from reconciler.spore.build import DEFLATE_LEVEL
 from reconciler.spore.manifest import SporeManifest, canonical_json
 
 Entries = list[tuple[zipfile.ZipInfo, bytes]]
@@ -23,7 +24,8 @@ def write_entries(path: Path, entries: Entries) -> Path:
         warnings.simplefilter("ignore")  # zipfile warns about the duplicates we craft
         with zipfile.ZipFile(path, "w") as zf:
             for info, data in entries:
-                zf.writestr(info, data)
+                # The builder's level, so an untouched payload keeps its bytes and size.
+                zf.writestr(info, data, compresslevel=DEFLATE_LEVEL)
     return path
 
 
