@@ -338,6 +338,9 @@ def render_config(settings: Settings, plan: Plan) -> str:
         app = _json_literal(b.app)
         lines += [
             f"backend {b.name}",
+            # not leastconn: HAProxy 2.6's gives every idle server the same key whatever its
+            # weight, so a 9:1 canary gets half of the traffic at low load
+            # (test_weights_are_respected fails with it); see docs/edge.md
             "    balance roundrobin",
             f"    http-request return status 503 content-type application/json "
             f"hdr Retry-After {s.retry_after_s} "

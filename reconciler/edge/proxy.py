@@ -162,6 +162,7 @@ class EdgeProxy:
         if backend is None:
             down.finish_inline(self._carry(down, route, request, started))
             return True
+        backend.inflight += 1  # until _Inline.answered ends it, or forward() takes it on
         inline = _Inline(self, down, route, request, backend, started)
         try:
             exchange = begin(backend, request, inline.answered)
@@ -220,9 +221,9 @@ class EdgeProxy:
         attempts = 0
         failure: Answer | None = None
         while True:
-            pending: Awaitable[UpstreamResponse]
+            pending: Awaitable[UpstreamResponse] | None = None
             if first is not None:
-                backend, pending = first
+                backend, pending = first  # counted in flight by serve_inline
                 first = None
             else:
                 picked = route.pick(self.clock(), tried)
@@ -235,45 +236,54 @@ class EdgeProxy:
                 if picked is None:
                     return await (failure or self._no_backend(route)).send(down)
                 backend = picked
-                pending = self.upstream.send(backend, request)
+                backend.inflight += 1
             attempts += 1
             tried.add(backend.endpoint)
+            # the attempt is in flight on ``backend`` until this ``try`` is left, whichever
+            # way: an answer relayed, an error, a retry, the client gone, a cancellation
             try:
-                response = await pending
-            except UpstreamConnectError as exc:
-                self._outcome(route, backend, Outcome.CONNECT_FAILURE, exc)
-                failure = json_error(502, "backend unreachable", app=route.app)
-                sent = request.body_sent
-                if should_retry(retry, method, attempts, connect_failed=True, body_sent=sent):
+                try:
+                    if pending is None:
+                        pending = self.upstream.send(backend, request)
+                    response = await pending
+                except UpstreamConnectError as exc:
+                    self._outcome(route, backend, Outcome.CONNECT_FAILURE, exc)
+                    failure = json_error(502, "backend unreachable", app=route.app)
+                    sent = request.body_sent
+                    if should_retry(retry, method, attempts, connect_failed=True, body_sent=sent):
+                        continue
+                    return await failure.send(down)
+                except UpstreamTimeoutError as exc:
+                    self._outcome(route, backend, Outcome.SERVER_ERROR, exc)
+                    return await json_error(504, "backend timed out", app=route.app).send(down)
+                except UpstreamBrokenError as exc:
+                    # Connected, then the exchange broke (backend died, reset, bad response).
+                    self._outcome(route, backend, Outcome.SERVER_ERROR, exc)
+                    failure = json_error(502, "bad gateway", app=route.app)
+                    sent = request.has_body
+                    if should_retry(retry, method, attempts, status=502, body_sent=sent):
+                        continue
+                    return await failure.send(down)
+                status = response.status
+                self._outcome(
+                    route, backend, Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS
+                )
+                if (
+                    status in retry.retry_on_status
+                    and should_retry(
+                        retry, method, attempts, status=status, body_sent=request.has_body
+                    )
+                    and route.has_candidate(self.clock(), tried)
+                ):
+                    response.close()
                     continue
-                return await failure.send(down)
-            except UpstreamTimeoutError as exc:
-                self._outcome(route, backend, Outcome.SERVER_ERROR, exc)
-                return await json_error(504, "backend timed out", app=route.app).send(down)
-            except UpstreamBrokenError as exc:
-                # Connected, then the exchange broke (backend died, reset, bad response).
-                self._outcome(route, backend, Outcome.SERVER_ERROR, exc)
-                failure = json_error(502, "bad gateway", app=route.app)
-                sent = request.has_body
-                if should_retry(retry, method, attempts, status=502, body_sent=sent):
-                    continue
-                return await failure.send(down)
-            status = response.status
-            self._outcome(
-                route, backend, Outcome.SERVER_ERROR if status >= 500 else Outcome.SUCCESS
-            )
-            if (
-                status in retry.retry_on_status
-                and should_retry(retry, method, attempts, status=status, body_sent=request.has_body)
-                and route.has_candidate(self.clock(), tried)
-            ):
-                response.close()
-                continue
-            try:
-                await response.relay(down)
-                return status
+                try:
+                    await response.relay(down)
+                    return status
+                finally:
+                    response.close()
             finally:
-                response.close()
+                backend.inflight -= 1
 
     def routes_updated(self) -> None:
         """The route table changed: held requests look again."""
@@ -366,6 +376,7 @@ class _Inline:
     def answered(self, exchange: Exchange) -> None:
         """The exchange's listener: relay a small whole answer now, else go on in ``forward``."""
         proxy, down, route = self.proxy, self.down, self.route
+        handed = False  # forward() took the attempt on (and ends its count in flight)
         try:
             if down.gone:  # nothing to relay to: as the coroutine path, a 499
                 exchange.release()
@@ -378,6 +389,7 @@ class _Inline:
                 answer = exchange.small_answer()
             if answer is None:
                 first = (self.backend, exchange.response())
+                handed = True
                 down.finish_inline(proxy._carry(down, route, self.request, self.started, first))
                 return
             proxy._outcome(
@@ -395,6 +407,9 @@ class _Inline:
             down.finish_inline(None if drained else _drain(down))
         except Exception as exc:  # a bug: the front end answers 500 (or cuts the answer)
             down.finish_inline(_raise(exc))
+        finally:
+            if not handed:
+                self.backend.inflight -= 1
 
     def _done(self, status: int) -> None:
         proxy = self.proxy

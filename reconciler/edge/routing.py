@@ -1,4 +1,4 @@
-"""The edge's pure routing core: route table, smooth weighted round-robin, ejection.
+"""The edge's pure routing core: route table, weighted least-outstanding choice, ejection.
 
 No I/O and no clock of its own: every decision that depends on time takes ``now``
 (monotonic seconds) from the caller, so tests drive it with plain numbers.
@@ -7,15 +7,21 @@ No I/O and no clock of its own: every decision that depends on time takes ``now`
   swaps in a new set of routes while keeping each surviving backend's balancer and
   ejection state (an in-flight request keeps the :class:`BackendState` it picked, so a
   route change never disturbs it).
-* :class:`AppRoute.pick` is nginx's smooth weighted round-robin (``ngx_http_upstream_
-  round_robin.c``): every eligible peer gains its weight, the richest is chosen and pays
-  the total back. It spreads a 5:1:1 split as a,a,b,a,c,a,a rather than a,a,a,a,a,b,c.
+* :class:`AppRoute.pick` is the power of two choices over requests in flight, weighted:
+  the first candidate is nginx's smooth weighted round-robin (``ngx_http_upstream_
+  round_robin.c``: every eligible peer gains its weight, the richest is chosen and pays the
+  total back, so a 5:1:1 split goes a,a,b,a,c,a,a), the second a random draw by weight
+  among the others; the second wins only if the first is busier, per unit of weight, than
+  the second would be with this request. Idle (or evenly loaded) backends therefore get
+  exactly the round-robin's sequence, and a backend with a backlog gets nothing new while
+  another has room.
 * :class:`Ejection` is the per-backend passive health state machine.
 """
 
 from __future__ import annotations
 
 import enum
+import random
 from collections.abc import Iterable
 
 from reconciler.addr import parse_addr
@@ -81,6 +87,7 @@ class BackendState:
 
     __slots__ = (
         "endpoint", "instance_id", "host", "port", "hostport", "weight", "current", "health",
+        "inflight",
     )  # fmt: skip
 
     def __init__(self, endpoint: str, instance_id: str, weight: int, policy: EjectionPolicy):
@@ -91,6 +98,9 @@ class BackendState:
         self.weight = weight
         self.current = 0
         self.health = Ejection(policy)
+        #: attempts sent to it and not finished yet (the proxy counts them: ``+= 1`` when
+        #: it picks the backend, ``-= 1`` when that attempt ends, whichever way it ends)
+        self.inflight = 0
 
     def __repr__(self) -> str:
         return f"BackendState({self.endpoint!r}, weight={self.weight})"
@@ -109,7 +119,7 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 class AppRoute:
     """The backends of one app that may get new requests, with their balancer state."""
 
-    __slots__ = ("app", "prefix", "backends", "draining", "epoch", "hold_s")
+    __slots__ = ("app", "prefix", "backends", "draining", "epoch", "hold_s", "rng")
 
     def __init__(
         self,
@@ -119,6 +129,7 @@ class AppRoute:
         draining: frozenset[str],
         epoch: int = 0,
         hold_s: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.app = app
         self.prefix = prefix
@@ -127,23 +138,48 @@ class AppRoute:
         self.epoch = epoch
         #: with no backend at all (an app at zero), hold a request this long while it wakes
         self.hold_s = hold_s
+        #: the second choice's draws (seeded in tests)
+        self.rng = rng if rng is not None else random.Random()
 
     def pick(
         self, now: float, exclude: frozenset[str] | set[str] = frozenset()
     ) -> BackendState | None:
-        """Smooth weighted round-robin over the available backends not in ``exclude``."""
-        best: BackendState | None = None
+        """The available backend not in ``exclude`` to send the next request to.
+
+        Power of two choices, weighted: the first candidate is the smooth weighted
+        round-robin's, the second is drawn at random by weight among the others; the
+        second wins only when the first has more requests in flight per unit of weight
+        than the second would have with this one added (``f/wf > (s+1)/ws``), else the
+        first. One candidate: it. The caller counts the request in ``inflight``.
+        """
+        first: BackendState | None = None
         total = 0
         for b in self.backends:
             if b.endpoint in exclude or now < b.health.until:
                 continue
             b.current += b.weight
             total += b.weight
-            if best is None or b.current > best.current:
-                best = b
-        if best is not None:
-            best.current -= total
-        return best
+            if first is None or b.current > first.current:
+                first = b
+        if first is None:
+            return None
+        first.current -= total
+        if first.inflight == 0 or total == first.weight:
+            return first  # nothing is less loaded than an idle backend; or the only one
+        point = self.rng.random() * (total - first.weight)
+        second = first
+        for b in self.backends:
+            if b is first or b.endpoint in exclude or now < b.health.until:
+                continue
+            second = b
+            point -= b.weight
+            if point < 0:
+                break
+        # in flight per unit of weight, compared without division: the second wins when
+        # the first is busier than the second would be with this request added
+        if first.inflight * second.weight > (second.inflight + 1) * first.weight:
+            return second
+        return first
 
     def has_candidate(self, now: float, exclude: frozenset[str] | set[str] = frozenset()) -> bool:
         """Whether :meth:`pick` would find a backend (without moving the balancer)."""
@@ -158,8 +194,12 @@ class AppRoute:
 class RouteTable:
     """Routes by the first path segment: ``/billing/x`` → the route with prefix ``/billing``."""
 
-    def __init__(self, policy: EjectionPolicy | None = None) -> None:
+    def __init__(
+        self, policy: EjectionPolicy | None = None, rng: random.Random | None = None
+    ) -> None:
         self.policy = policy or EjectionPolicy()
+        #: shared by every route's second choice (seed it for reproducible picks)
+        self.rng = rng if rng is not None else random.Random()
         self._by_segment: dict[str, AppRoute] = {}
         self._states: dict[tuple[str, str], BackendState] = {}
         self.version = 0
@@ -198,7 +238,9 @@ class RouteTable:
                     st.instance_id = b.instance_id
                 states[key] = st
                 live.append(st)
-            table[seg] = AppRoute(rec.app, "/" + seg, live, draining, rec.epoch, rec.hold_s)
+            table[seg] = AppRoute(
+                rec.app, "/" + seg, live, draining, rec.epoch, rec.hold_s, self.rng
+            )
         self._by_segment = table
         self._states = states
         self.version += 1

@@ -6,12 +6,14 @@ records what the client got, and the balancer's clock is a plain number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
 import pytest
 
 from reconciler.edge.config import EdgeConfig, EjectionPolicy
+from reconciler.edge.downstream import Headers
 from reconciler.edge.fake import FakeDownstream, MockResponse, MockUpstream
 from reconciler.edge.proxy import EdgeProxy
 from reconciler.edge.routing import RouteTable
@@ -204,3 +206,115 @@ async def test_a_503_with_no_other_backend_left_is_passed_on_as_it_is() -> None:
     assert await proxy.serve(down) == 503
     assert down.answer == b"busy"  # the backend's own answer, not the edge's "no backend"
     assert len(upstream.sent) == 1
+
+
+class _GoneDownstream(FakeDownstream):
+    """A client that went away before its answer could be written."""
+
+    async def respond(self, status: int, reason: str | None, headers: Headers, body: bytes) -> None:
+        raise ConnectionResetError("the client went away")
+
+
+# What each backend does with an attempt (A is tried first: it is the round-robin's first
+# pick), the method, and the status the client gets (499: it went away).
+_EXITS: dict[str, tuple[dict[str, MockResponse | Exception], str, int]] = {
+    "success": ({A: MockResponse(200)}, "GET", 200),
+    "5xx passed on": ({A: MockResponse(500)}, "GET", 500),
+    "503 retried": ({A: MockResponse(503), B: MockResponse(200)}, "GET", 200),
+    "connect failure retried": (
+        {A: UpstreamConnectError("refused"), B: MockResponse(200)}, "POST", 200,
+    ),
+    "broken, not retried": ({A: UpstreamBrokenError("reset")}, "POST", 502),
+    "broken, retried": ({A: UpstreamBrokenError("reset"), B: MockResponse(201)}, "GET", 201),
+    "timeout": ({A: UpstreamTimeoutError("silent")}, "GET", 504),
+    "both unreachable": (
+        {A: UpstreamConnectError("refused"), B: UpstreamConnectError("refused")}, "GET", 502,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("gone", [False, True], ids=["client-stays", "client-gone"])
+@pytest.mark.parametrize("case", list(_EXITS))
+async def test_every_attempt_is_counted_in_flight_until_it_ends(case: str, gone: bool) -> None:
+    """Each attempt holds its backend's ``inflight`` while it runs and gives it back on every
+    way out: an answer, an error, a retry, a timeout, a client gone while answering."""
+    outcomes, method, status = _EXITS[case]
+    seen: list[tuple[str, int, int]] = []  # (endpoint, A's count, B's count) at each attempt
+
+    def handler(endpoint: str, request: UpstreamRequest) -> MockResponse:
+        seen.append((endpoint, *(counts(e) for e in (A, B))))
+        outcome = outcomes[endpoint]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return MockResponse(outcome.status)
+
+    proxy, table, _ = make_proxy(MockUpstream(handler), A, B, consecutive_5xx=100)
+
+    def counts(endpoint: str) -> int:
+        state = table.backend("app", endpoint)
+        assert state is not None
+        return state.inflight
+
+    down = (_GoneDownstream if gone else FakeDownstream)(method, "/app/x")
+    if gone:
+        with pytest.raises(ConnectionResetError):
+            await proxy.serve(down)
+    else:
+        assert await proxy.serve(down) == status
+    # while an attempt ran, its backend (and only it) counted it
+    assert seen == [(e, int(e == A), int(e == B)) for e, *_ in seen]
+    assert [e for e, *_ in seen] == list(outcomes)
+    assert (counts(A), counts(B), proxy.in_flight) == (0, 0, 0)
+
+
+async def test_a_cancelled_attempt_gives_its_count_back() -> None:
+    """The client's task cancelled (its connection lost, the edge stopping) mid-attempt."""
+    reached = asyncio.Event()
+
+    async def handler(endpoint: str, request: UpstreamRequest) -> MockResponse:
+        reached.set()
+        await asyncio.Event().wait()  # a backend that never answers
+        raise AssertionError("unreachable")
+
+    proxy, table, _ = make_proxy(MockUpstream(handler), A)
+    task = asyncio.create_task(proxy.serve(FakeDownstream("GET", "/app/x")))
+    await reached.wait()
+    state = table.backend("app", A)
+    assert state is not None
+    assert state.inflight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (state.inflight, proxy.in_flight) == (0, 0)
+
+
+async def test_a_busy_backend_loses_the_next_requests_to_an_idle_one() -> None:
+    """A served alone and holds 2 requests; B joins. Whenever A is the round-robin's
+    candidate, B (idle, busier by less than A even with the new request) wins."""
+    release = asyncio.Event()
+    both_held = asyncio.Event()
+    held = 0
+
+    async def handler(endpoint: str, request: UpstreamRequest) -> MockResponse:
+        nonlocal held
+        if request.target == "/slow":
+            held += 1
+            if held == 2:
+                both_held.set()
+            await release.wait()
+        return MockResponse(200)
+
+    upstream = MockUpstream(handler)
+    proxy, table, _ = make_proxy(upstream, A)
+    slow = [asyncio.create_task(proxy.serve(FakeDownstream("GET", "/app/slow"))) for _ in "12"]
+    await both_held.wait()
+    table.update([RouteRecord("app", "/app", backends=(Backend(A, A), Backend(B, B)))])
+    state_a = table.backend("app", A)
+    assert state_a is not None
+    assert state_a.inflight == 2  # kept across the route change
+    for _ in range(100):
+        assert await proxy.serve(FakeDownstream("GET", "/app/x")) == 200
+    assert upstream.sent[2:] == [B] * 100  # round robin: 50 of them to A
+    release.set()
+    assert [await t for t in slow] == [200, 200]
+    assert [table.backend("app", e).inflight for e in (A, B)] == [0, 0]  # type: ignore[union-attr]
