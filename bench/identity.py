@@ -750,7 +750,7 @@ def gossip_ratio(
 
 
 async def real_bytes(nodes: int, signed: bool, seconds: float, write_every_s: float,
-                     seed: int, settle_s: float = 5.0) -> float:  # fmt: skip
+                     seed: int, settle_s: float = 5.0, profile: str = "lan") -> float:  # fmt: skip
     """Bytes per member per second of ``nodes`` real members (UDP/TCP on 127.0.0.1, LAN
     timers, AES-GCM) in the steady state of the simulated scenario: one reconciler writing
     intents, agents writing instance records, each about every ``write_every_s`` seconds."""
@@ -801,12 +801,12 @@ async def real_bytes(nodes: int, signed: bool, seconds: float, write_every_s: fl
 
 
 def gossip_check(
-    nodes: int, seconds: float, write_every_s: float, settle_s: float = 5.0
+    nodes: int, seconds: float, write_every_s: float, settle_s: float = 5.0, profile: str = "lan"
 ) -> dict[str, Any]:
     """The simulated ratio checked against real members on the same scenario (smaller: the
     same shape at ``nodes`` members, in real time)."""
-    plain = asyncio.run(real_bytes(nodes, False, seconds, write_every_s, 1, settle_s))
-    signed = asyncio.run(real_bytes(nodes, True, seconds, write_every_s, 1, settle_s))
+    plain = asyncio.run(real_bytes(nodes, False, seconds, write_every_s, 1, settle_s, profile))
+    signed = asyncio.run(real_bytes(nodes, True, seconds, write_every_s, 1, settle_s, profile))
     sim = [
         sim_bytes(nodes, seed, True, seconds / 60.0, write_every_s)["bytes_per_member_s"]
         / sim_bytes(nodes, seed, False, seconds / 60.0, write_every_s)["bytes_per_member_s"]
@@ -815,7 +815,8 @@ def gossip_check(
     return {
         "gossip_bytes_ratio_real": round(signed / plain, 3),
         "gossip_real_check": {
-            "what": "real UDP/TCP members on 127.0.0.1, LAN timers, AES-GCM; the simulated "
+            "profile": profile,
+            "what": "real UDP/TCP members on 127.0.0.1, AES-GCM; the simulated "
             "scenario's steady state at the same size, against the simulator at that size",
             "members": nodes,
             "seconds": seconds,
@@ -962,7 +963,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     else:
         result.update(gossip_ratio(50, [1, 2, 3], minutes=1.5, write_every_s=10.0))
     if quick:
-        result.update(gossip_check(4, 3.0, 2.0, settle_s=1.0))
+        result.update(gossip_check(3, 1.5, 1.0, settle_s=0.5, profile="local"))
     else:
         result.update(gossip_check(12, 30.0, 5.0))
     with tempfile.TemporaryDirectory(prefix="myco-bench-identity-") as d:

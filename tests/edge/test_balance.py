@@ -100,6 +100,7 @@ async def test_a_timeout_gives_the_count_back(
         async with client.get(f"{edge.url}/app/gate") as resp:  # the gate stays shut
             assert resp.status == 504
         await all_given_back(edge, a)
+        a.gate.set()  # let the backend's handler end (its server stops without a grace wait)
 
 
 async def test_a_client_gone_while_the_backend_works_gives_the_count_back(
