@@ -74,6 +74,7 @@ import aiohttp
 
 from bench.loadgen import Target, _read_chunked
 from bench.localmesh import LocalMesh, start_mesh
+from bench.targets import evaluate as evaluate_targets
 from reconciler.client import fetch_snapshot
 from reconciler.errors import MycoError
 from reconciler.observe.status import build_status
@@ -100,17 +101,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 
 def evaluate(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each target with its value and whether it is met (a missing figure is not met)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, (op, target) in TARGETS.items():
-        value = result.get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            met = False
-        elif op == "<=":
-            met = value <= target
-        else:
-            met = value == target
-        out[name] = {"value": value, "target": f"{op} {target:g}", "met": met}
-    return out
+    return evaluate_targets(TARGETS, result)
 
 
 # --- the load: open loop, one attempt per request ----------------------------------------
