@@ -76,6 +76,8 @@ class GitGarden:
                 repo = git.Repo(workdir)
                 self._fetch_reset(repo)
                 return repo
+            if workdir.is_dir() and any(workdir.iterdir()):  # an interrupted clone
+                shutil.rmtree(workdir)
             return git.Repo.clone_from(self.url, workdir, branch=self.branch, single_branch=True)
         except git.exc.GitError as exc:
             raise GardenSourceError(

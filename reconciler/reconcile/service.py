@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -140,7 +141,9 @@ class GardenSpec:
             return f"watching {self.watch}"
         return f"following {self.git}@{self.branch}" + (f" ({self.subdir})" if self.subdir else "")
 
-    def open(self) -> GardenSource:
+    def open(self, clones: Path | None = None) -> GardenSource:
+        """The garden source; a Git remote is cloned under ``clones`` (the state directory's
+        ``garden-clones/``, kept and fetched again at a restart; else a temporary one)."""
         if self.watch is not None:
             if not self.watch.is_dir():
                 raise UsageError(f"--watch {self.watch}: not a directory")
@@ -149,7 +152,14 @@ class GardenSpec:
             raise UsageError("give --watch DIR or --git URL")
         if self.interval_s <= 0:
             raise UsageError("--interval must be positive")
-        return GitSource(self.git, self.branch, self.interval_s, subdir=self.subdir)
+        workdir = None
+        if clones is not None:
+            ident = hashlib.sha256(f"{self.git}\n{self.branch}".encode()).hexdigest()[:16]
+            workdir = clones / ident
+            workdir.mkdir(parents=True, exist_ok=True)
+        return GitSource(
+            self.git, self.branch, self.interval_s, subdir=self.subdir, workdir=workdir
+        )
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ class ReconcileConfig:
 
 def run(config: ReconcileConfig) -> int:
     """Run the reconciler until SIGINT/SIGTERM (exit 0) or a failure (raised)."""
-    source = config.garden.open()
+    source = config.garden.open(config.member.state / "garden-clones")
     try:
         return run_until_signalled(partial(main, config=config, source=source), name="reconcile")
     finally:

@@ -55,9 +55,14 @@ class DirSource:
 
 class GitSource:
     def __init__(
-        self, url: str, branch: str = "main", interval_s: float = 5.0, subdir: str = ""
+        self,
+        url: str,
+        branch: str = "main",
+        interval_s: float = 5.0,
+        subdir: str = "",
+        workdir: Path | None = None,
     ) -> None:
-        self.git = GitGarden(url, branch, subdir=subdir)
+        self.git = GitGarden(url, branch, subdir=subdir, workdir=workdir)
         self.description = f"{url}#{branch}"
         self.resync_s = max(interval_s * 6, 30.0)
         self.poller = GitPoller(self.git, interval_s=interval_s)
