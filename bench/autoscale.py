@@ -72,7 +72,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.loadgen import Target, _read_chunked
+from bench.loadgen import Target, read_response
 from bench.localmesh import LocalMesh, start_mesh
 from bench.targets import evaluate as evaluate_targets
 from reconciler.client import fetch_snapshot
@@ -236,7 +236,7 @@ class OpenLoop:
                     return
                 writer.write(self._request)
                 await writer.drain()
-                shot.status, body = await _answer(reader)
+                shot.status, body = await read_response(reader)
                 if shot.status != 200:
                     shot.kind = f"http_{shot.status}"
                 else:
@@ -259,26 +259,6 @@ class OpenLoop:
             shot.done = loop.time()
             if writer is not None:
                 writer.close()
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    if not version.startswith("HTTP/1."):
-        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding", "").lower() == "chunked":
-        body = await _read_chunked(reader)
-    else:
-        body = await reader.read()
-    return int(rest[:3]), body
 
 
 def _finite(v: float | None) -> float | str | None:
