@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from cryptography import x509
 
 from reconciler.addr import is_loopback
 from reconciler.errors import ConfigError, IdentityError
@@ -62,7 +61,6 @@ How = Literal["cert", "token", "open", "none"]
 COOKIE = "myco_token"
 #: Routes under this prefix take ``?token=`` once and set the cookie (the dashboard).
 LOGIN_PREFIX = "/ui"
-_CERT_CACHE_MAX = 1024
 NO_CREDENTIALS = "no credentials: send a client certificate of this mesh or Authorization: Bearer"
 
 
@@ -118,7 +116,6 @@ class HttpAuth:
         self.audit = audit
         self.wall: Callable[[], float] = wall or (live.wall if live is not None else time.time)
         self.refused: Counter[str] = Counter()
-        self._certs: dict[bytes, Principal] = {}  # leaf DER -> principal (chain checked once)
         self.middleware: Middleware = self._make_middleware()
 
     @property
@@ -187,20 +184,8 @@ class HttpAuth:
 
     def _cert(self, der: bytes, now: float) -> Identified:
         assert self.live is not None
-        verifier = self.live.verifier
-        try:
-            p = self._certs.get(der)
-            if p is None:
-                try:
-                    leaf = x509.load_der_x509_certificate(der)
-                except ValueError:
-                    raise IdentityError("not a certificate", "bad-certificate") from None
-                p = verifier.check_chain([leaf], now)
-                if len(self._certs) >= _CERT_CACHE_MAX:
-                    self._certs.clear()
-                self._certs[der] = p
-            else:
-                verifier.check_principal(p, now)  # validity and revocation, every time
+        try:  # parsed and chain-checked once (cached); validity and revocation every time
+            p = self.live.verifier.check_der(der, now)
         except IdentityError as exc:
             return self._nobody(exc.reason, f"certificate refused: {exc}")
         return Caller.of_principal(p), p, ""

@@ -10,7 +10,7 @@ so a cached certificate still expires and is still revoked in time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -127,12 +127,29 @@ class Verifier:
     # Members.
 
     def check_pem(self, chain_pem: str | bytes, now: float) -> Principal:
-        hit = self._cache.get(chain_pem)
+        """A chain as PEM text (a ``certs/<name>`` record)."""
+        return self._check_cached(chain_pem, lambda: load_certs(chain_pem), now)
+
+    def check_der(self, leaf_der: bytes, now: float) -> Principal:
+        """A leaf as DER (a TLS peer's certificate; its issuer must be known here)."""
+
+        def parse() -> list[x509.Certificate]:
+            try:
+                return [x509.load_der_x509_certificate(leaf_der)]
+            except ValueError:
+                raise IdentityError("not a certificate", "bad-certificate") from None
+
+        return self._check_cached(b"der:" + leaf_der, parse, now)
+
+    def _check_cached(
+        self, key: str | bytes, parse: Callable[[], list[x509.Certificate]], now: float
+    ) -> Principal:
+        hit = self._cache.get(key)
         if hit is None:
-            p, nb, na = self._parse(load_certs(chain_pem), now)
+            p, nb, na = self._parse(parse(), now)
             if len(self._cache) > 4096:
                 self._cache.clear()
-            self._cache[chain_pem] = (p, nb, na)
+            self._cache[key] = (p, nb, na)
         else:
             p, nb, na = hit
             if not (nb <= now <= na):
