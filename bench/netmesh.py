@@ -75,6 +75,7 @@ class Guide:
     units: dict[str, str]
     status: str
     token: str
+    operator: str = ""  # the `myco cert issue --role operator` line (people's certificates)
 
     #: example values of the guide, each replaced by the harness (see NetMesh.substitutions)
     SEEDS = ("10.0.0.11", "10.0.0.12")
@@ -90,7 +91,7 @@ class Guide:
     def load(cls, path: Path = GUIDE) -> Guide:
         text = path.read_text(encoding="utf-8")
         blocks = re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
-        init = status = token = ""
+        init = status = token = operator = ""
         units: dict[str, str] = {}
         for lang, body in blocks:
             joined = re.sub(r"\\\n\s*", " ", body)  # continuation lines
@@ -102,13 +103,20 @@ class Guide:
                         status = line.strip()
                     elif line.startswith("myco cert token "):
                         token = line.strip()
+                    elif line.startswith("myco cert issue ") and "--role operator" in line:
+                        operator = line.strip()
             elif lang == "ini":
                 m = re.search(r"^# /etc/systemd/system/myco-(\w+)\.service$", body, flags=re.M)
                 execs = re.findall(r"^ExecStart=(.*)$", joined, flags=re.M)
                 if m and len(execs) == 1:
                     units[m.group(1)] = execs[0].strip()
         missing = [u for u in ("agent", "edge", "reconciler") if u not in units]
-        lines = {"myco init": init, "myco status": status, "myco cert token": token}
+        lines = {
+            "myco init": init,
+            "myco status": status,
+            "myco cert token": token,
+            "myco cert issue --role operator": operator,
+        }
         absent = [name for name, line in lines.items() if not line] + missing
         if absent:
             raise GuideError(
@@ -116,7 +124,7 @@ class Guide:
                 f"and an ExecStart= in units myco-agent/edge/reconciler.service; missing: "
                 f"{', '.join(absent)}"
             )
-        guide = cls(init, units, status, token)
+        guide = cls(init, units, status, token, operator)
         everything = " ".join([init, status, token, *units.values()])
         for placeholder in (
             *cls.SEEDS, *cls.RECONCILERS, cls.GIT_URL, cls.BINARY, cls.IDENTITY, cls.STATE,
@@ -427,16 +435,17 @@ class NetMesh:
         path.chmod(0o600)
 
     def _operator(self) -> None:
-        """An admin certificate for the harness's own HTTPS requests (the guide's `myco cert
-        issue` for people, with this harness as the person)."""
-        argv = [
-            sys.executable, "-m", "reconciler", "cert", "issue", "--ca", str(self.identity),
-            "--role", "operator", "--name", "harness", "--access", "admin",
-            "--out", str(self.operator),
-        ]  # fmt: skip
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        """An admin certificate for the harness's own HTTPS requests: the guide's `myco cert
+        issue --role operator` line, with this harness as the person and admin access (the
+        hostile tests revoke)."""
+        if not self.guide.operator:
+            raise GuideError("docs/deploy.md: no `myco cert issue --role operator` line")
+        words = self.argv(self.guide.operator, None)
+        words[words.index("--out") + 1] = str(self.operator)
+        words[words.index("--access") + 1] = "admin"
+        out = subprocess.run(words, capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
-            raise AssertionError(f"myco cert issue failed: {out.stderr}")
+            raise AssertionError(f"the guide's `myco cert issue` failed: {out.stderr}")
 
     @property
     def tls(self) -> ssl.SSLContext:
