@@ -40,6 +40,7 @@ import psutil
 from aiohttp import web
 
 from reconciler.fabric import open_fabric
+from reconciler.httpclient import one_attempt_session
 from reconciler.model import Dna, Health, RestartPolicy
 from reconciler.records import IntentInstance, IntentRecord, Nutrients, intents_key
 from reconciler.repo.http import repo_app
@@ -190,7 +191,7 @@ async def bench_agent(tmp: Path, src: Path, n: int, enforcement: str) -> dict[st
     async with open_fabric("bench-reconciler", state_dir=tmp / "rf") as rec:
         agent = _spawn_agent(tmp, rec.addr, pub, api_port, n, enforcement)
         try:
-            async with aiohttp.ClientSession() as session:
+            async with one_attempt_session() as session:
 
                 async def up() -> bool:
                     try:
@@ -212,7 +213,7 @@ async def bench_agent(tmp: Path, src: Path, n: int, enforcement: str) -> dict[st
                 wall0 = time.time()
                 rec.publish(
                     intents_key("bench-node"),
-                    IntentRecord("bench-node", 1, "r1", instances=instances).to_json(),  # type: ignore[arg-type]
+                    IntentRecord("bench-node", 1, "r1", instances=instances).to_json(),
                 )
 
                 async def all_ready() -> bool:
@@ -244,7 +245,7 @@ async def bench_agent(tmp: Path, src: Path, n: int, enforcement: str) -> dict[st
                 t1 = time.perf_counter()
                 rec.publish(
                     intents_key("bench-node"),
-                    IntentRecord("bench-node", 2).to_json(),  # type: ignore[arg-type]
+                    IntentRecord("bench-node", 2).to_json(),
                 )
 
                 async def none_left() -> bool:

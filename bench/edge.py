@@ -74,6 +74,7 @@ CONFIGS: dict[str, list[str]] = {
     "haproxy": ["--data-plane", "haproxy"],
 }
 ERROR_KINDS = ("connect", "read", "write", "timeout", "status")
+_PY_REQUEST_TIMEOUT_S = 10.0  # the Python load generator's deadline per request
 
 
 # --- wrk's output ----------------------------------------------------------------------
@@ -263,11 +264,17 @@ def _wrk(url: str, conns: int, duration: float, delay_ms: float | None, pin: Pin
 
 
 async def _py_load_async(url: str, conns: int, duration: float, delay_ms: float | None) -> Load:
+    """wrk's stand-in: ``conns`` keep-alive connections, closed loop. Every request is one
+    attempt (a dropped kept-alive connection is an error, never silently re-sent), has its
+    own deadline, and is finished before the figures are taken; errors by wrk's kinds."""
     import aiohttp
+
+    from reconciler.httpclient import one_attempt_session
 
     lat: list[float] = []
     errors = dict.fromkeys(ERROR_KINDS, 0)
     end = time.perf_counter() + duration
+    timeout = aiohttp.ClientTimeout(total=_PY_REQUEST_TIMEOUT_S)
 
     async def one(session: aiohttp.ClientSession) -> None:
         while time.perf_counter() < end:
@@ -288,7 +295,8 @@ async def _py_load_async(url: str, conns: int, duration: float, delay_ms: float 
                 await asyncio.sleep(delay_ms / 1000)
 
     start = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conns)) as s:
+    connector = aiohttp.TCPConnector(limit=conns)
+    async with one_attempt_session(connector=connector, timeout=timeout) as s:
         async with asyncio.TaskGroup() as tg:
             for _ in range(conns):
                 tg.create_task(one(s))
@@ -660,6 +668,7 @@ def _hardening(tmp: Path, be_port: int, pin: Pinning, n: int) -> dict[str, Any]:
         "slow_heads_closed_s": slow.closed_s,
         "served_requests": served.requests,
         "served_failures": served.failures,
+        "served_failures_by_kind": served.failures_by_kind,
         "served_p50_ms_during": served.p50_ms,
         "served_p99_ms_during": served.p99_ms,
     }

@@ -838,6 +838,7 @@ def gossip_check(
 async def mtls_costs(n: int, tmp: Path) -> dict[str, Any]:
     from aiohttp import ClientSession, TCPConnector, web
 
+    from reconciler.httpclient import one_attempt_session
     from reconciler.identity.tls import client_context, server_context
 
     pki = Pki.create("tls")
@@ -906,10 +907,11 @@ async def mtls_costs(n: int, tmp: Path) -> dict[str, Any]:
         return out
 
     async def keepalive(tls: bool) -> ClientSession:
-        return ClientSession(connector=TCPConnector(ssl=cctx if tls else False, limit=1))
+        return one_attempt_session(connector=TCPConnector(ssl=cctx if tls else False, limit=1))
 
     async def fresh(tls: bool) -> ClientSession:
-        return ClientSession(connector=TCPConnector(ssl=cctx if tls else False, force_close=True))
+        connector = TCPConnector(ssl=cctx if tls else False, force_close=True)
+        return one_attempt_session(connector=connector)
 
     try:
         kept = await series(keepalive, n)

@@ -9,7 +9,9 @@ written with asyncio streams rather than an HTTP client library: a client librar
 connection pool retries an idempotent request on a dropped keep-alive connection without
 saying so (aiohttp does, once), which would hide the very failures a test looks for. A
 request has a deadline (``timeout_s``, connect to last byte); one still unfinished when the
-load stops is recorded as failed, never dropped.
+load stops is recorded as failed, never dropped. Every failure has a kind
+(:data:`FAILURE_KINDS`, :meth:`LoadResult.failures_by_kind`): its error text starts with it
+(``"connect: ConnectionRefusedError: ..."``), or its status says it.
 
 ``connect`` (optional) makes each request's socket, e.g. one inside a network namespace
 (:meth:`bench.netmesh.NetMesh.socket_factory`); it changes where the connection starts from,
@@ -28,7 +30,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
 
-UNFINISHED = "unfinished when the load stopped"
+#: Why a request failed: no connection; no (complete) answer within its deadline; the
+#: connection broke or the answer was not HTTP; an answer with a 5xx or another non-200
+#: status; still running when the load stopped.
+FAILURE_KINDS = ("connect", "timeout", "read", "status_5xx", "status_other", "unfinished")
+_TRANSPORT_KINDS = frozenset({"connect", "timeout", "read", "unfinished"})
+
+UNFINISHED = "unfinished: still running when the load stopped"
 
 
 @dataclass
@@ -37,8 +45,21 @@ class Outcome:
     status: int  # 0 for a connection error, a timeout or an unfinished request
     version: str = ""
     instance: str = ""
-    error: str = ""
+    error: str = ""  # for status 0: "<kind>: <what happened>"
     done: float = 0.0  # monotonic time the outcome was known
+
+    @property
+    def kind(self) -> str:
+        """``""`` for a 200 answer, else one of :data:`FAILURE_KINDS` (``"other"`` if the
+        error text names none, which this module never writes)."""
+        if self.status == 200:
+            return ""
+        if self.status >= 500:
+            return "status_5xx"
+        if self.status:
+            return "status_other"
+        head = self.error.partition(":")[0]
+        return head if head in _TRANSPORT_KINDS else "other"
 
 
 @dataclass
@@ -52,6 +73,14 @@ class LoadResult:
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status != 200]
+
+    def failures_by_kind(self) -> dict[str, int]:
+        """How many requests failed, by kind: every kind of :data:`FAILURE_KINDS`, zeros
+        included, so a JSON report always has the same keys."""
+        out = dict.fromkeys(FAILURE_KINDS, 0)
+        for o in self.failed:
+            out[o.kind] = out.get(o.kind, 0) + 1
+        return out
 
     def between(self, start: float, end: float = float("inf")) -> list[Outcome]:
         """The outcomes of the requests sent in ``[start, end)``, in send order."""
@@ -96,23 +125,31 @@ class Target:
         ).encode("ascii")
 
 
+class ConnectFailed(OSError):
+    """No connection to the target (refused, unreachable...): nothing was sent."""
+
+
 async def get_once(
     target: Target, connect: Callable[[], socket.socket] | None = None
 ) -> tuple[int, bytes]:
-    """One GET on a new connection: (status, body). Raises on any transport error.
+    """One GET on a new connection: (status, body). Raises on any transport error:
+    :class:`ConnectFailed` when no connection was made, else what the exchange raised.
 
     ``connect`` makes the (unconnected TCP) socket; by default asyncio makes one."""
-    if connect is None:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-    else:
-        sock = connect()
-        try:
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
-        except BaseException:
-            sock.close()
-            raise
-        reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        if connect is None:
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+        else:
+            sock = connect()
+            try:
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (target.host, target.port))
+            except BaseException:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_connection(sock=sock)
+    except OSError as exc:
+        raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
     try:
         writer.write(target.request())
         await writer.drain()
@@ -232,9 +269,11 @@ class Load:
             out.status, out.error = 0, UNFINISHED
             raise
         except TimeoutError:
-            out.status, out.error = 0, f"no answer within {self.timeout_s:g}s"
+            out.status, out.error = 0, f"timeout: no answer within {self.timeout_s:g}s"
+        except ConnectFailed as exc:
+            out.status, out.error = 0, f"connect: {exc}"
         except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            out.status, out.error = 0, f"{type(exc).__name__}: {exc}"
+            out.status, out.error = 0, f"read: {type(exc).__name__}: {exc}"
         finally:
             out.done = time.monotonic()
             sem.release()

@@ -5,7 +5,8 @@ and then one more header line every ``trickle_s`` (so a per-read timeout never f
 only a timeout on the whole head does), and returns once the server closed all of them,
 or at ``within`` seconds: how long that took and how many got a ``408``.
 ``served_p99_during(url, work)`` runs a normal client (one keep-alive connection, one
-``GET`` at a time) while ``work`` runs and returns its latencies::
+``GET`` at a time, one attempt each: no hidden retry on a dropped connection) while
+``work`` runs and returns its latencies and its failures by kind::
 
     slow, served = await served_p99_during(url, slow_heads("127.0.0.1", port, 1000))
     hardening = {"slow_heads_closed_s": slow.closed_s, "served_p99_ms_during": served.p99_ms}
@@ -20,11 +21,14 @@ import ipaddress
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from bench.loadgen import FAILURE_KINDS
+from reconciler.httpclient import one_attempt_session
 
 T = TypeVar("T")
 
@@ -48,6 +52,16 @@ class Served:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    failures_by_kind: dict[str, int] = field(default_factory=dict)  # FAILURE_KINDS
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """A client error as one of :data:`bench.loadgen.FAILURE_KINDS`."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, TimeoutError):  # aiohttp's socket and total timeouts included
+        return "timeout"
+    return "read"  # connected, then the connection broke or the answer was not HTTP
 
 
 def _require_loopback(host: str) -> None:
@@ -161,24 +175,26 @@ async def served_p99_during(
     """Run ``work``; meanwhile ``GET url`` one at a time and time each answer."""
     _require_loopback(urlsplit(url).hostname or "")
     latencies: list[float] = []
-    failures = 0
+    kinds = dict.fromkeys(FAILURE_KINDS, 0)
     stop = asyncio.Event()
 
     async def client() -> None:
-        nonlocal failures
         timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         connector = aiohttp.TCPConnector(limit=1)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            while not stop.is_set():
+        async with one_attempt_session(connector=connector, timeout=timeout) as session:
+            while not stop.is_set():  # a request under way when ``work`` ends is finished
                 t0 = time.perf_counter()
+                kind = ""
                 try:
                     async with session.get(url) as resp:
                         await resp.read()
-                        ok = resp.status < 300 or resp.status == 404
-                except (aiohttp.ClientError, TimeoutError):
-                    ok = False
+                        if not (resp.status < 300 or resp.status == 404):
+                            kind = "status_5xx" if resp.status >= 500 else "status_other"
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    kind = _failure_kind(exc)
                 latencies.append((time.perf_counter() - t0) * 1000)
-                failures += not ok
+                if kind:
+                    kinds[kind] += 1
                 try:
                     await asyncio.wait_for(stop.wait(), interval_s)
                 except TimeoutError:
@@ -193,9 +209,10 @@ async def served_p99_during(
     ms = sorted(latencies)
     served = Served(
         requests=len(ms),
-        failures=failures,
+        failures=sum(kinds.values()),
         p50_ms=round(_percentile(ms, 0.5), 3),
         p99_ms=round(_percentile(ms, 0.99), 3),
         max_ms=round(ms[-1], 3) if ms else 0.0,
+        failures_by_kind=kinds,
     )
     return result, served

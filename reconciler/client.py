@@ -43,6 +43,7 @@ from reconciler.core.lease import decide, read_leases
 from reconciler.errors import ConfigError, FabricError, MycoError, UnavailableError
 from reconciler.fabric.api import Change, FabricAPI, JSONValue, Member
 from reconciler.home import MeshRecord, state_dir
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe.snapshot import FabricSnapshot, snapshot_from_json
 from reconciler.records import KEY_GARDEN
 
@@ -318,7 +319,7 @@ class MeshClient:
         creds = self.credentials
         ctx = creds.ssl_context()
         connector = aiohttp.TCPConnector(ssl=ctx) if ctx is not None else None
-        self._session = aiohttp.ClientSession(
+        self._session = one_attempt_session(
             headers=creds.headers(), timeout=SESSION_TIMEOUT, connector=connector
         )
         return self

@@ -59,7 +59,8 @@ def _layer(name: str, units: str, what: str, *, peers_free: bool = False) -> Lay
 LAYERS: tuple[Layer, ...] = (
     _layer(
         "bottom",
-        "reconciler errors records model addr files clock home aio logs webserve lazy ports",
+        "reconciler errors records model addr files clock home aio logs webserve lazy ports "
+        "httpclient",
         "shared helpers and the domain model: stdlib, third-party and each other only",
         peers_free=True,
     ),

@@ -45,6 +45,7 @@ from reconciler.errors import FabricError, MycoError, TemporaryError
 from reconciler.fabric.api import FabricAPI
 from reconciler.fabric.joining import JoinSettings
 from reconciler.files import atomic_write
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import (
     KEY_NODE,
     PREFIX_ROUTES,
@@ -165,7 +166,7 @@ class Agent:
 
         try:
             async with (
-                aiohttp.ClientSession() as session,  # health checks of the instances
+                one_attempt_session() as session,  # health checks of the instances
                 self._mesh_session() as mesh,  # the repo and peers: mutual TLS
                 asyncio.TaskGroup() as tg,
             ):
@@ -215,8 +216,8 @@ class Agent:
         certificate, the mesh root as the only trust anchor. Renewal reloads the context
         in place, so new connections show the new certificate."""
         if self.live is None:
-            return aiohttp.ClientSession()
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.live.client_ssl))
+            return one_attempt_session()
+        return one_attempt_session(connector=aiohttp.TCPConnector(ssl=self.live.client_ssl))
 
     async def _reverify_held(self) -> None:
         """Serve the spores of re-adopted instances again (they are not fetched anew)."""

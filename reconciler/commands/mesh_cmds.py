@@ -180,29 +180,12 @@ def _detach(args: argparse.Namespace, state: Path) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from reconciler.home import MeshRecord
     from reconciler.home import absolute_state_dir as state_dir
+    from reconciler.mesh.down import stop_mesh
 
     state = state_dir(args.state)
-    record = MeshRecord.load(state)
-    if record is None:
-        print(f"no mesh is running from {state}")
-        return 0
-    try:
-        os.kill(record.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        (state / "mesh.json").unlink(missing_ok=True)
-        print("the mesh was not running (stale record removed)")
-        return 0
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(record.pid, 0)
-        except ProcessLookupError:
-            print("mesh stopped")
-            return 0
-        time.sleep(0.1)
-    raise ConfigError(f"the mesh (pid {record.pid}) did not stop within {args.timeout:.0f}s")
+    print(stop_mesh(state, timeout_s=args.timeout).message(state))
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

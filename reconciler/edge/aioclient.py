@@ -4,12 +4,19 @@
 ``HEAD``, other methods) over a ``ClientSession`` tuned for proxying (:func:`make_session`);
 :class:`WebSocketUpstream` opens a WebSocket to the backend for an upgrade received by
 aiohttp's front end and relays messages both ways after the handshake.
+
+The session makes one attempt per request (:func:`~reconciler.httpclient.one_attempt_session`):
+the retries are ``EdgeProxy.forward``'s. What aiohttp's hidden retry used to cover, a pooled
+keep-alive connection the backend had closed, is done here in the open, as the lean client
+does it: a request without a body whose *reused* connection broke before an answer is sent
+once more (aiohttp's connection-reuse trace event tells a reused connection from a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -28,6 +35,7 @@ from reconciler.edge.seam import (
     UpstreamTimeoutError,
 )
 from reconciler.edge.tunnel import IdleWatch
+from reconciler.httpclient import one_attempt_session
 
 _CHUNK = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -41,7 +49,9 @@ def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
 
     Pool sized for the load, keep-alive shorter than the backends' idle timeout, bytes
     passed as they are (no decompression), no redirects followed (per request), no
-    cookie jar, no default headers a client would add on its own behalf.
+    cookie jar, no default headers a client would add on its own behalf, and no hidden
+    second attempt (:func:`~reconciler.httpclient.one_attempt_session`): the one retry
+    loop is ``EdgeProxy.forward``'s, and aiohttp's own would double what a backend sees.
     """
     connector = aiohttp.TCPConnector(
         limit=config.pool.limit,
@@ -51,8 +61,12 @@ def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
         ttl_dns_cache=10,
     )
     t = config.timeouts
-    return aiohttp.ClientSession(
+    reuse = aiohttp.TraceConfig()
+    reuse.on_connection_reuseconn.append(_mark_reused)
+    reuse.freeze()
+    return one_attempt_session(
         connector=connector,
+        trace_configs=[reuse],
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
@@ -62,6 +76,24 @@ def make_session(config: EdgeConfig) -> aiohttp.ClientSession:
         raise_for_status=False,
         trust_env=False,
     )
+
+
+class _Attempt:
+    """One request's trace context: whether aiohttp handed it a pooled connection."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _mark_reused(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    if isinstance(ctx.trace_request_ctx, _Attempt):
+        ctx.trace_request_ctx.reused = True
 
 
 def _url(backend: BackendState, target: str) -> URL:
@@ -77,15 +109,32 @@ class AiohttpUpstream:
 
     async def send(self, backend: BackendState, request: UpstreamRequest) -> AiohttpResponse:
         body = request.body
+        url = _url(backend, request.target)
+        attempt = _Attempt()
         try:
-            resp = await self.session.request(
-                request.method,
-                _url(backend, request.target),
-                headers=request.headers,
-                data=body.__aiter__() if body is not None else None,
-                allow_redirects=False,
-                compress=None,
-            )
+            try:
+                resp = await self.session.request(
+                    request.method,
+                    url,
+                    headers=request.headers,
+                    data=body.__aiter__() if body is not None else None,
+                    allow_redirects=False,
+                    compress=None,
+                    trace_request_ctx=attempt,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                stale = attempt.reused and body is None
+                if not stale or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                # the backend had closed the pooled connection: replaced once (no body, so
+                # nothing to replay but the head)
+                resp = await self.session.request(
+                    request.method,
+                    url,
+                    headers=request.headers,
+                    allow_redirects=False,
+                    compress=None,
+                )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise UpstreamConnectError(f"cannot connect to {backend.endpoint}: {exc}") from exc
         except (aiohttp.SocketTimeoutError, TimeoutError) as exc:  # read or total limit

@@ -303,6 +303,11 @@ def render_config(settings: Settings, plan: Plan) -> str:
         "    timeout tunnel 1h",
         f"    retries {s.retries}",
         "    option redispatch 1",
+        # During a reload (soft stop) the old process would close idle keep-alive client
+        # connections at once, racing a request the client is sending on one: a client
+        # that does not retry sees an error. With this option it waits for one more
+        # request and closes after its response, with "Connection: close".
+        "    option idle-close-on-response",
         # Only a failed connect is retried (nothing was sent). Any L7 condition (a status,
         # empty-response) makes HAProxy copy the whole request buffer (tune.bufsize) before
         # every send in case it must replay it: measured ~6 us/request at 32 KiB, the

@@ -11,8 +11,11 @@ route table. Once serving, one line at info level (shown without ``-v``) says wh
 With ``workers > 1`` the parent only supervises: it reserves the port (bound, never
 listening, so the kernel gives it no connections), starts N worker processes that each
 listen on the port with ``SO_REUSEPORT`` and run their own loop, forwards SIGTERM/SIGINT
-to them and restarts one that dies; a second signal kills them (SIGKILL). Signal
-handlers only set a flag; the loop acts.
+to them and restarts one that dies (:class:`WorkerBackoff`: 0.5 s, doubling to 10 s while
+it keeps dying within 30 s of its start; each death logged at error level with the count of
+restarts so far); a second signal kills them (SIGKILL). Signal handlers only set a flag;
+the loop acts. A worker killed takes with it only the requests it held (in its hands or
+queued on its socket); new connections go to the other workers' sockets.
 
 With an identity (``spec.identity``), the edge's fabric member signs its records and checks
 everyone's, and a task renews its certificate (each worker its own, from the shared
@@ -353,6 +356,40 @@ def _worker_main(spec: EdgeRunSpec) -> None:
         pass
 
 
+@dataclass
+class WorkerBackoff:
+    """Delays before restarting one worker (pure: the caller measures its uptime).
+
+    The first restart waits ``initial_s``; each quick crash after it (within
+    ``stable_after_s`` of its start) doubles the wait up to ``max_s``, so a worker that
+    cannot start (a broken config, a port taken) is retried calmly, not in a tight loop.
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+    stable_after_s: float = 30.0
+    quick_crashes: int = 0
+
+    def next_delay(self, uptime_s: float) -> float:
+        if uptime_s >= self.stable_after_s:
+            self.quick_crashes = 0
+        delay = min(self.max_s, self.initial_s * 2.0**self.quick_crashes)
+        self.quick_crashes += 1
+        return delay
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    """``was killed by SIGKILL`` / ``exited with code 1`` for a process's exit code."""
+    if exitcode is None:
+        return "is gone"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
 def _supervise(spec: EdgeRunSpec) -> int:
     cfg = spec.config
     # Reserve the port (and learn it, if 0) without listening: the kernel hands
@@ -383,15 +420,33 @@ def _supervise(spec: EdgeRunSpec) -> int:
         return p
 
     procs = [start(i) for i in range(spec.workers)]
+    backoff = [WorkerBackoff() for _ in procs]
+    started = [time.monotonic() for _ in procs]
+    restart_at: dict[int, float] = {}  # worker index -> when to start it again
+    restarts = 0
     log.info("edge supervisor: %d workers on %s:%d", spec.workers, cfg.host, port)
     try:
         while not signals:
+            now = time.monotonic()
             for i, p in enumerate(procs):
-                if not p.is_alive() and not signals:
-                    log.error("edge worker %d exited with %s; restarting", i, p.exitcode)
-                    time.sleep(0.5)
-                    procs[i] = start(i)
-            time.sleep(0.1)
+                if i in restart_at:
+                    if now >= restart_at[i]:
+                        del restart_at[i]
+                        procs[i], started[i] = start(i), now
+                        log.info("edge worker %d restarted (pid %s)", i, procs[i].pid)
+                    continue
+                if p.is_alive():
+                    continue
+                uptime = now - started[i]
+                delay = backoff[i].next_delay(uptime)
+                restarts += 1
+                restart_at[i] = now + delay
+                log.error(
+                    "edge worker %d (pid %s) %s after %.1fs; restarting it in %gs "
+                    "(%d worker restart(s) so far)",
+                    i, p.pid, _describe_exit(p.exitcode), uptime, delay, restarts,
+                )  # fmt: skip
+            time.sleep(0.1)  # a poll: signal handlers only count, this loop acts
     finally:
         for p in procs:
             if p.is_alive() and p.pid is not None:

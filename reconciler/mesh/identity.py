@@ -90,18 +90,26 @@ def create_identity(
         raise ConfigError(
             f"an identity already exists in {root} ({existing[0].name}); use --force to replace it"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    generate_keypair(root, "signing", force=force)
-    policy = {
-        "apiVersion": "myco/v1",
-        "kind": "TrustPolicy",
-        "keys": [{"name": "mesh", "key": "signing.pub", "apps": list(apps)}],
-    }
-    tmp = ident.trust.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
-    tmp.replace(ident.trust)
-    Keyring.generate().save(ident.gossip_key, force=force)
-    ident.ca.create(mesh)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: one line, not a traceback
+        in_the_way = isinstance(exc, FileExistsError | NotADirectoryError)
+        what = "a file is in the way" if in_the_way else exc.strerror or str(exc)
+        raise ConfigError(f"cannot make the identity directory {root}: {what}") from exc
+    try:
+        generate_keypair(root, "signing", force=force)
+        policy = {
+            "apiVersion": "myco/v1",
+            "kind": "TrustPolicy",
+            "keys": [{"name": "mesh", "key": "signing.pub", "apps": list(apps)}],
+        }
+        tmp = ident.trust.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+        tmp.replace(ident.trust)
+        Keyring.generate().save(ident.gossip_key, force=force)
+        ident.ca.create(mesh)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the identity in {root}: {exc.strerror or exc}") from exc
     return ident
 
 

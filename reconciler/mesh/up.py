@@ -35,6 +35,7 @@ from reconciler.aio import Service, guard
 from reconciler.client import fetch_snapshot
 from reconciler.errors import ConfigError, MycoError, UsageError
 from reconciler.home import MeshRecord
+from reconciler.httpclient import one_attempt_session
 from reconciler.mesh.identity import Identity, ensure_ca, ensure_identity
 from reconciler.mesh.supervisor import Child, ChildSpec, RestartPolicy, Supervisor
 from reconciler.observe.status import MeshStatus, build_status
@@ -399,7 +400,7 @@ async def watch_status(api: str, say: Callable[[str], None], every_s: float = 1.
     next time)."""
     shown: dict[str, str] = {}
     timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with one_attempt_session(timeout=timeout) as session:
         while True:
             with contextlib.suppress(MycoError):
                 status = build_status(await fetch_snapshot(session, api))

@@ -36,6 +36,7 @@ from tenacity import (
 from reconciler.clock import Clock, RealClock
 from reconciler.errors import ConfigError, UnavailableError
 from reconciler.fabric.api import FabricAPI
+from reconciler.httpclient import one_attempt_session
 
 from .feed import StatusFeed
 from .status import NOT_IN_GARDEN, AppView, MeshStatus
@@ -155,7 +156,7 @@ class WebhookNotifier:
     async def run(self) -> None:
         """Deliver queued events until cancelled (run it in the owner's TaskGroup)."""
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with one_attempt_session(timeout=timeout) as session:
             while True:
                 event = await self._queue.get()
                 try:

@@ -16,6 +16,7 @@ from reconciler.agent.nutrients import Enforcer
 from reconciler.agent.runner import LocalRunner
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
+from reconciler.httpclient import one_attempt_session
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import InstanceRecord, Nutrients
 from tests.helpers import free_port
@@ -111,7 +112,7 @@ class Harness:
 
 @pytest.fixture(params=["auto"])
 async def harness(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    async with aiohttp.ClientSession() as session:
+    async with one_attempt_session() as session:
         h = Harness(tmp_path, session, request.param)
         try:
             yield h

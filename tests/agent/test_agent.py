@@ -16,6 +16,7 @@ import pytest
 from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.agent.runner import read_start_ticks
 from reconciler.fabric import Fabric, open_fabric
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import (
     KEY_NODE,
     Backend,
@@ -91,7 +92,7 @@ async def test_sprout_ready_then_wither(mesh: Mesh) -> None:
     assert ready.endpoint
     assert ready.pid
     assert ready.enforcement in ("cgroup2", "cgroup1", "rlimit")
-    async with aiohttp.ClientSession() as s, s.get(f"http://{ready.endpoint}/hi") as resp:
+    async with one_attempt_session() as s, s.get(f"http://{ready.endpoint}/hi") as resp:
         assert (await resp.text()).strip() == "web-1 /hi"
     node_rec = await async_wait_for(
         lambda: (
@@ -165,7 +166,7 @@ async def test_local_api(mesh: Mesh) -> None:
     base = agent.api_url
     assert base.startswith("https://")
     nobody = aiohttp.TCPConnector(ssl=mesh.pki.client(None))  # trusts the mesh, shows no cert
-    async with aiohttp.ClientSession(connector=nobody) as s:
+    async with one_attempt_session(connector=nobody) as s:
         for path in ("/v1/node", "/v1/instances", "/metrics", f"/spores/{mesh.digest}"):
             async with s.get(base + path) as resp:
                 assert resp.status == 401, path
@@ -173,7 +174,7 @@ async def test_local_api(mesh: Mesh) -> None:
                 assert resp.status == 401, path
     # a peer's member certificate opens every route (reads and spores)
     peer = aiohttp.TCPConnector(ssl=mesh.pki.client(mesh.pki.member("agent", "node-b")))
-    async with aiohttp.ClientSession(connector=peer) as s:
+    async with one_attempt_session(connector=peer) as s:
         async with s.get(base + "/v1/node") as resp:
             body = await resp.json()
             assert body["node_id"] == node

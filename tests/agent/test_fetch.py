@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -16,6 +15,7 @@ from reconciler.agent.fetch import FetchSettings, SporeCache
 from reconciler.agent.peers import MAX_ANNOUNCED, Peer, announced, peers_holding
 from reconciler.errors import FetchError, TrustError
 from reconciler.fabric import MemoryNetwork, RealClock, open_memory_fabric
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import KEY_NODE, NodeRecord
 from reconciler.repo.http import spore_routes
 from reconciler.repo.store import SporeRepo
@@ -81,7 +81,7 @@ async def lying_peer(body: bytes) -> AsyncIterator[tuple[str, list[str]]]:
 async def test_failover_dedupe_and_cache(tmp_path: Path) -> None:
     spore, digest, pub = make_spore(tmp_path)
     dead = f"http://127.0.0.1:{free_port()}"
-    async with counting_repo(tmp_path / "repo") as (repo, url, seen), aiohttp.ClientSession() as s:
+    async with counting_repo(tmp_path / "repo") as (repo, url, seen), one_attempt_session() as s:
         await asyncio.to_thread(repo.put, spore)
         cache = SporeCache(tmp_path / "state", TrustPolicy.load([pub]), s, FAST)
         got = await asyncio.gather(*(cache.prepare(digest, (dead, url)) for _ in range(5)))
@@ -106,7 +106,7 @@ async def test_failover_dedupe_and_cache(tmp_path: Path) -> None:
 
 async def test_retries_until_the_spore_appears(tmp_path: Path) -> None:
     spore, digest, pub = make_spore(tmp_path)
-    async with counting_repo(tmp_path / "repo") as (repo, url, seen), aiohttp.ClientSession() as s:
+    async with counting_repo(tmp_path / "repo") as (repo, url, seen), one_attempt_session() as s:
         cache = SporeCache(tmp_path / "state", TrustPolicy.load([pub]), s, FAST)
         task = asyncio.ensure_future(cache.prepare(digest, (url,)))
         while len(seen) < 2:  # refused (404) at least twice...
@@ -119,7 +119,7 @@ async def test_retries_until_the_spore_appears(tmp_path: Path) -> None:
 async def test_gives_up_with_a_temporary_error(tmp_path: Path) -> None:
     _, digest, pub = make_spore(tmp_path)
     few = FetchSettings(attempts=2, wait_initial_s=0.01, wait_max_s=0.01)
-    async with aiohttp.ClientSession() as s:
+    async with one_attempt_session() as s:
         cache = SporeCache(tmp_path / "state", TrustPolicy.load([pub]), s, few)
         with pytest.raises(FetchError, match="unavailable"):
             await cache.prepare(digest, (f"http://127.0.0.1:{free_port()}",))
@@ -130,7 +130,7 @@ async def test_gives_up_with_a_temporary_error(tmp_path: Path) -> None:
 async def test_untrusted_signer_is_refused(tmp_path: Path) -> None:
     spore, digest, _ = make_spore(tmp_path)
     _, stranger = generate_keypair(tmp_path / "k2", "stranger")
-    async with counting_repo(tmp_path / "repo") as (repo, url, _), aiohttp.ClientSession() as s:
+    async with counting_repo(tmp_path / "repo") as (repo, url, _), one_attempt_session() as s:
         await asyncio.to_thread(repo.put, spore)
         cache = SporeCache(tmp_path / "state", TrustPolicy.load([stranger]), s, FAST)
         with pytest.raises(TrustError):
@@ -148,7 +148,7 @@ async def test_falls_over_to_a_peer_refusing_one_that_serves_other_bytes(tmp_pat
         counting_repo(tmp_path / "repo", repo_auth) as (repo_only, repo_url, _),
         counting_repo(tmp_path / "peer", peer_auth) as (peer_store, peer_url, peer_seen),
         lying_peer(spore.read_bytes()[::-1]) as (liar_url, liar_seen),
-        aiohttp.ClientSession() as s,
+        one_attempt_session() as s,
     ):
         await asyncio.to_thread(peer_store.put, spore)
 
@@ -177,7 +177,7 @@ async def test_a_peer_that_appears_later_is_found_on_a_retry(tmp_path: Path) -> 
     spore, digest, pub = make_spore(tmp_path)
     async with (
         counting_repo(tmp_path / "peer") as (store, url, seen),
-        aiohttp.ClientSession() as s,
+        one_attempt_session() as s,
     ):
         await asyncio.to_thread(store.put, spore)
         calls: list[int] = []
@@ -201,7 +201,7 @@ async def test_a_peer_that_appears_later_is_found_on_a_retry(tmp_path: Path) -> 
 async def test_serves_only_what_it_verified(tmp_path: Path) -> None:
     spore, digest, pub = make_spore(tmp_path)
     _, stranger = generate_keypair(tmp_path / "k2", "stranger")
-    async with counting_repo(tmp_path / "repo") as (repo, url, _), aiohttp.ClientSession() as s:
+    async with counting_repo(tmp_path / "repo") as (repo, url, _), one_attempt_session() as s:
         await asyncio.to_thread(repo.put, spore)
         wary = SporeCache(tmp_path / "state", TrustPolicy.load([stranger]), s, FAST)
         with pytest.raises(TrustError):

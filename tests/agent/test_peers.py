@@ -22,6 +22,7 @@ from reconciler.agent.agent import Agent, AgentConfig
 from reconciler.fabric import Fabric, open_fabric
 from reconciler.fabric.joining import JoinSettings
 from reconciler.fabric.keyring import Keyring
+from reconciler.httpclient import one_attempt_session
 from reconciler.identity import MemberDir
 from reconciler.records import KEY_NODE, InstanceRecord, NodeRecord, Nutrients
 from reconciler.spore.trust import TrustPolicy
@@ -108,7 +109,7 @@ async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> 
 
         # The reconciler's host dies: its repo no longer answers.
         await repo_cm.__aexit__(None, None, None)
-        async with aiohttp.ClientSession() as s:
+        async with one_attempt_session() as s:
             try:
                 async with s.get(f"{repo_url}/spores/{digest}") as resp:
                     raise AssertionError(f"the repo still answers: HTTP {resp.status}")
@@ -126,7 +127,7 @@ async def test_a_peer_serves_the_spore_when_the_repo_is_gone(tmp_path: Path) -> 
         assert b.cache.sources[digest] == a.api_url  # from A, over mutual TLS
         assert a.api_url.startswith("https://")
         async with (
-            aiohttp.ClientSession() as s,
+            one_attempt_session() as s,
             s.get(f"http://{ready.endpoint}/hi") as resp,
         ):
             assert (await resp.text()).strip() == "web-b /hi"
@@ -161,7 +162,7 @@ async def test_the_spore_route_takes_a_member_certificate_and_nothing_else(
             connector = aiohttp.TCPConnector(ssl=pki.client(who))
             try:
                 async with (
-                    aiohttp.ClientSession(connector=connector) as s,
+                    one_attempt_session(connector=connector) as s,
                     s.get(url, headers=headers) as resp,
                 ):
                     return resp.status
@@ -176,7 +177,7 @@ async def test_the_spore_route_takes_a_member_certificate_and_nothing_else(
         await async_wait_for(lambda: a.serves_spore(digest), within=30, what="spore verified")
 
         connector = aiohttp.TCPConnector(ssl=pki.client(peer))
-        async with aiohttp.ClientSession(connector=connector) as s, s.get(spores) as resp:
+        async with one_attempt_session(connector=connector) as s, s.get(spores) as resp:
             assert resp.status == 200
             assert hashlib.sha256(await resp.read()).hexdigest() == digest
         assert await status(pki.member("edge", "edge-1")) == 200  # any member role

@@ -8,10 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from reconciler.agent.runner import LocalRunner, ProcInfo, read_start_ticks
+from reconciler.httpclient import one_attempt_session
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import Nutrients
 from tests.agent.conftest import Harness
@@ -217,7 +217,7 @@ async def test_memory_limit_is_enforced(harness: Harness) -> None:
     iid = p.config.instance_id
     sup = harness.supervisor(p)
     await async_wait_for(harness.phase_is(iid, "ready"), what="ready")
-    async with aiohttp.ClientSession() as s, s.get(f"http://{sup.endpoint}/go") as resp:
+    async with one_attempt_session() as s, s.get(f"http://{sup.endpoint}/go") as resp:
         assert resp.status == 200
     await async_wait_for(harness.phase_is(iid, "exited"), within=20, what="killed")
     rec = harness.last(iid)

@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
-
 from reconciler.agent.fake import FakeRunner, Script
 from reconciler.agent.nutrients import Enforcer, Limits
 from reconciler.agent.policy import backoff_delay
@@ -17,6 +15,7 @@ from reconciler.agent.runner import LaunchSpec
 from reconciler.agent.state import InstanceConfig, PersistedInstance, StateDir
 from reconciler.agent.supervisor import Supervisor, SupervisorSettings
 from reconciler.clock import VirtualClock
+from reconciler.httpclient import one_attempt_session
 from reconciler.model import Health, RestartPolicy
 from reconciler.records import InstanceRecord, Nutrients
 from tests.helpers import async_wait_for, free_port
@@ -49,7 +48,7 @@ async def _drive(
     runner = FakeRunner(clock, runs)
     enforcer = Enforcer("vnode", prefer="rlimit")  # nothing touches the host's cgroups
     reports: list[InstanceRecord] = []
-    async with aiohttp.ClientSession() as session:
+    async with one_attempt_session() as session:
         sup = Supervisor(
             _persisted(enforcer, policy),
             runner=runner,

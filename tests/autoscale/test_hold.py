@@ -12,6 +12,7 @@ import pytest
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.proxy import HOLD_QUEUE
 from reconciler.edge.server import RunningEdge, running_edge
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import Backend as BackendRecord
 from reconciler.records import RouteRecord
 from tests.edge.backends import Backend
@@ -42,7 +43,7 @@ async def test_held_requests_go_out_when_the_app_wakes(
     backend = await Backend("b1").start()
     try:
         edge.set_routes([at_zero(hold_s=10.0)])
-        async with aiohttp.ClientSession() as client:
+        async with one_attempt_session() as client:
             calls = [asyncio.create_task(client.get(f"{edge.url}/web/x")) for _ in range(3)]
             record = await async_wait_for(
                 lambda: next((p["web"] for p in published if "web" in p), None),
@@ -69,7 +70,7 @@ async def test_a_burst_beyond_the_queue_gets_503_with_retry_after_and_is_counted
     try:
         edge.set_routes([at_zero(hold_s=10.0)])
         conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn) as client:
+        async with one_attempt_session(connector=conn) as client:
             first = [
                 asyncio.create_task(client.get(f"{edge.url}/web/x")) for _ in range(HOLD_QUEUE)
             ]
@@ -93,7 +94,7 @@ async def test_an_app_that_does_not_wake_in_time_gets_503(
 ) -> None:
     edge, _published = edge_and_log
     edge.set_routes([at_zero(hold_s=0.3)])
-    async with aiohttp.ClientSession() as client, client.get(f"{edge.url}/web/x") as resp:
+    async with one_attempt_session() as client, client.get(f"{edge.url}/web/x") as resp:
         assert resp.status == 503
         assert "did not wake" in (await resp.json())["error"]
 
@@ -103,6 +104,6 @@ async def test_without_hold_s_no_backend_is_503_at_once(
 ) -> None:
     edge, _published = edge_and_log
     edge.set_routes([at_zero(hold_s=0.0)])
-    async with aiohttp.ClientSession() as client, client.get(f"{edge.url}/web/x") as resp:
+    async with one_attempt_session() as client, client.get(f"{edge.url}/web/x") as resp:
         assert resp.status == 503
         assert edge.stats.held.get("web", 0) == 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 
 from reconciler.edge.config import EdgeConfig
 from reconciler.edge.server import running_edge
 from reconciler.edge.stats import EdgeStats
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import Backend as BackendRecord
 from reconciler.records import RouteRecord
 from tests.edge.backends import Backend
@@ -66,7 +66,7 @@ async def test_a_real_edge_publishes_signals_every_interval() -> None:
     try:
         async with (
             running_edge(cfg, stats_sink=lambda apps, at: published.append(apps)) as edge,
-            aiohttp.ClientSession() as client,
+            one_attempt_session() as client,
         ):
             edge.set_routes(
                 [RouteRecord("web", "/web", backends=(BackendRecord("i1", backend.endpoint),))]

@@ -17,6 +17,7 @@ import pytest
 
 from reconciler.edge.config import SERVER_KINDS, EdgeConfig, EjectionPolicy, ServerKind
 from reconciler.edge.server import RunningEdge, running_edge
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import Backend as BackendRecord
 from reconciler.records import RouteRecord
 from tests.edge.backends import Backend
@@ -96,7 +97,7 @@ async def edge(edge_config: EdgeConfig) -> AsyncIterator[RunningEdge]:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with AsyncExitStack() as stack:
         session = await stack.enter_async_context(
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+            one_attempt_session(connector=aiohttp.TCPConnector(limit=200))
         )
         yield session
 

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from reconciler.cli import main
+from reconciler.httpclient import one_attempt_session
 from tests.edge.conftest import EdgeProcess, StartBackends
 
 
@@ -67,7 +68,7 @@ async def test_workers_share_the_port_and_stop_on_sigterm(
     assert len(workers) == 2
 
     async def one() -> int:
-        async with aiohttp.ClientSession() as fresh:  # a new connection each time
+        async with one_attempt_session() as fresh:  # a new connection each time
             async with fresh.get(f"{edge.url}/app/x") as resp:
                 return resp.status
 

@@ -38,6 +38,7 @@ from reconciler.edge.haproxy_plan import (
     runtime_commands,
 )
 from reconciler.errors import EdgeError
+from reconciler.httpclient import one_attempt_session
 from reconciler.records import Backend as BackendRecord
 from reconciler.records import RouteRecord
 from tests.edge.conftest import EdgeProcess, StartBackends, route
@@ -305,7 +306,7 @@ async def driver(state_dir: Path) -> AsyncIterator[HaproxyDriver]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+    async with one_attempt_session(connector=aiohttp.TCPConnector(limit=64)) as s:
         yield s
 
 

@@ -95,6 +95,27 @@ async def test_a_pooled_connection_closed_by_the_backend_is_replaced(
     assert b.connections >= 3
 
 
+async def test_a_backend_hanging_up_on_a_new_connection_sees_the_request_once(
+    edge: RunningEdge,
+    raw_backend: Callable[[Answer], Awaitable[RawBackend]],
+    client: aiohttp.ClientSession,
+) -> None:
+    """Only a *pooled* connection is replaced: a request that broke a new one is not sent
+    to that backend again (aiohttp's hidden retry would have: the backend saw it twice)."""
+    heads: list[bytes] = []
+
+    async def answer(nth: int, head: bytes) -> bytes | None:
+        heads.append(head)
+        return None  # read it, hang up
+
+    b = await raw_backend(answer)
+    edge.set_routes([RouteRecord("app", "/app", backends=(Backend("raw", b.endpoint),))])
+    async with client.get(f"{edge.url}/app/once") as resp:
+        assert resp.status == 502
+    assert len(heads) == 1
+    assert b.connections == 1
+
+
 CHUNKED = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
 INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n"
 

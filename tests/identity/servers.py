@@ -17,6 +17,7 @@ from aiohttp import web
 from reconciler.clock import RealClock
 from reconciler.fabric.fabric import open_memory_fabric
 from reconciler.fabric.memory import MemoryNetwork
+from reconciler.httpclient import one_attempt_session
 from reconciler.identity.audit import AuditLog
 from reconciler.identity.httpauth import PRINCIPAL, HttpAuth
 from reconciler.identity.live import LiveIdentity
@@ -93,7 +94,7 @@ async def call(
     connector = aiohttp.TCPConnector(ssl=ctx) if ctx is not None else None
     try:
         async with (
-            aiohttp.ClientSession(connector=connector) as s,
+            one_attempt_session(connector=connector) as s,
             s.request(method, url, headers=headers) as resp,
         ):
             return resp.status, await resp.text()

@@ -29,6 +29,7 @@ from reconciler.clock import RealClock
 from reconciler.errors import ConfigError
 from reconciler.fabric.fabric import open_memory_fabric
 from reconciler.fabric.memory import MemoryNetwork
+from reconciler.httpclient import one_attempt_session
 from reconciler.identity.audit import AuditEntry, AuditLog, read_audit
 from reconciler.identity.authz import ROUTE_ACCESS, permits, route_need
 from reconciler.identity.httpauth import COOKIE, listener_auth
@@ -139,7 +140,7 @@ async def test_a_revoked_identity_is_refused_on_its_open_connection(
             reused.append(args)
 
         trace.on_connection_reuseconn.append(on_reuse)
-        async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as s:
+        async with one_attempt_session(connector=connector, trace_configs=[trace]) as s:
             async with s.get(f"{srv.url}/v1/status") as resp:
                 assert resp.status == 200
                 await resp.read()
@@ -237,7 +238,7 @@ async def test_a_browser_logs_in_with_a_token_once(pki: Pki, tmp_path: Path) -> 
         token = pki.token("bob", "viewer")
         jar = aiohttp.CookieJar(unsafe=True)  # the cookie is for 127.0.0.1
         connector = aiohttp.TCPConnector(ssl=pki.client(None))
-        async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as s:
+        async with one_attempt_session(connector=connector, cookie_jar=jar) as s:
             async with s.get(f"{srv.url}/ui/?token={token}", allow_redirects=False) as resp:
                 assert resp.status == 303
                 assert resp.headers["Location"] == "/ui/"
@@ -288,8 +289,8 @@ async def test_renewal_under_load_fails_no_request(pki: Pki, tmp_path: Path) -> 
         fresh = aiohttp.TCPConnector(ssl=client.client_ssl, force_close=True)  # a handshake each
         kept = aiohttp.TCPConnector(ssl=client.client_ssl)  # one connection across renewal
         async with (
-            aiohttp.ClientSession(connector=fresh) as s1,
-            aiohttp.ClientSession(connector=kept) as s2,
+            one_attempt_session(connector=fresh) as s1,
+            one_attempt_session(connector=kept) as s2,
         ):
             tasks = [asyncio.create_task(loop(s, renewed)) for s in (s1, s1, s2, s2)]
             await async_wait_for(lambda: ok >= 40, within=30, what="requests before renewal")

@@ -14,6 +14,7 @@ import pytest
 from reconciler.clock import RealClock
 from reconciler.errors import ConfigError, IdentityError, UnavailableError
 from reconciler.fabric.fabric import open_memory_fabric
+from reconciler.httpclient import one_attempt_session
 from reconciler.identity.ca import load_certs, new_key
 from reconciler.identity.enrol import (
     IdentitySpec,
@@ -163,7 +164,7 @@ async def test_renewal_swaps_the_certificate_without_a_restart(tmp_path: Path) -
             assert isinstance(cert_record, dict)
             first_chain = cert_record["chain"]
             connector = aiohttp.TCPConnector(ssl=live.client_ssl, limit=1)
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with one_attempt_session(connector=connector) as session:
                 async with session.get(f"{srv.url}/metrics") as resp:  # opens a connection
                     assert resp.status == 200
                 task = asyncio.create_task(renew_through_fabric(live, fabric, clock=RealClock()))
@@ -187,7 +188,7 @@ async def test_renewal_swaps_the_certificate_without_a_restart(tmp_path: Path) -
             assert srv.connections[0] == srv.connections[1]  # the open connection carried on
             # A new connection presents the renewed certificate.
             async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=live.client_ssl)) as s2,
+                one_attempt_session(connector=aiohttp.TCPConnector(ssl=live.client_ssl)) as s2,
                 s2.get(f"{srv.url}/metrics") as resp,
             ):
                 assert resp.status == 200
@@ -214,7 +215,7 @@ async def test_renewal_over_plain_loopback_http_is_proven_by_the_key(tmp_path: P
         got = await renew_over_http([srv.url], live)
         assert (got.name, got.principal.role) == ("edge-1", "edge")
         assert got.principal.serial != live.principal.serial
-        async with aiohttp.ClientSession() as session:
+        async with one_attempt_session() as session:
             stale = renewal_proof(live.member, time.time() - 3600)
             async with session.post(f"{srv.url}/v1/renew", json=stale) as resp:
                 assert resp.status == 401
@@ -281,7 +282,7 @@ async def test_an_admin_revokes_a_member_everywhere(tmp_path: Path) -> None:
             async def revoke(who: MemberDir, name: str) -> tuple[int, dict[str, object]]:
                 ctx = client_context(who.cert, who.key, who.ca_cert)
                 async with (
-                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
+                    one_attempt_session(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
                     s.post(f"{srv.url}/v1/revoke", json={"name": name}) as resp,
                 ):
                     return resp.status, await resp.json()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.httpclient import one_attempt_session
 from reconciler.identity.layout import CADir, MemberDir
 from reconciler.identity.tokens import make_token
 from reconciler.spore.keys import generate_keypair
@@ -148,7 +149,7 @@ async def test_edge_workers_join_as_members_of_their_certificate(tmp_path: Path)
             (client_context(None, None, op.ca_cert), 401),
         ):
             async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+                one_attempt_session(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
                 session.get(f"{url}/v1/status") as resp,
             ):
                 assert resp.status == want

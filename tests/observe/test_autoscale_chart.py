@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from reconciler.fabric import Fabric
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe.feed import Timeline
 from reconciler.observe.status import AppView, MeshStatus
 from reconciler.observe.ui import UiConfig, ui_app
@@ -194,7 +195,7 @@ async def next_event(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]
 
 
 async def test_the_stream_sends_the_timeline_then_every_sample(charts: str, mesh: Mesh) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with one_attempt_session() as session:
         async with session.get(f"{charts}/ui/events", params={"charts": "1"}) as resp:
             kinds: dict[str, list[dict[str, Any]]] = {}
             while "timeline" not in kinds or len(kinds.get("sample", [])) < 2:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from aiohttp import web
 
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe import ui as ui_module
 from reconciler.observe.feed import StatusFeed
 from reconciler.observe.ui import UiConfig, ui_app
@@ -40,7 +40,7 @@ async def test_a_client_that_went_away_is_noticed_at_the_next_heartbeat(mesh: Me
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with one_attempt_session() as session:
             async with session.get(f"http://127.0.0.1:{port}/ui/events") as resp:
                 async with asyncio.timeout(30):
                     while (await resp.content.readline()) != b": keepalive\n":

@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
 from reconciler.errors import PlanError
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe.metrics import Metrics
 from reconciler.records import instance_key
 from tests.helpers import async_wait_for
@@ -105,7 +105,7 @@ async def test_edge_instruments_and_callbacks_served_over_http(mesh: Mesh) -> No
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with one_attempt_session() as session:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 assert resp.status == 200
                 assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe.ui import UiConfig, ui_app
 from reconciler.records import instance_key
 
@@ -54,7 +55,7 @@ async def next_status(resp: aiohttp.ClientResponse) -> dict[str, Any]:
 
 
 async def test_event_stream_pushes_the_status_and_its_changes(ui: str, mesh: Mesh) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with one_attempt_session() as session:
         async with session.get(f"{ui}/ui/events") as resp:
             assert resp.headers["Content-Type"] == "text/event-stream"
             first = await next_status(resp)
@@ -82,7 +83,7 @@ async def test_an_open_stream_does_not_hold_up_shutdown(mesh: Mesh) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
+    async with one_attempt_session() as session:
         async with session.get(f"http://127.0.0.1:{port}/ui/events") as resp:
             await next_status(resp)
             async with asyncio.timeout(30):  # far below the 60 s shutdown timeout

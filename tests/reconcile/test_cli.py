@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.httpclient import one_attempt_session
 from tests.helpers import async_wait_for
 
 from .conftest import LoopbackMesh, manifest
@@ -152,8 +153,6 @@ async def test_reconcile_process_serves_and_stops_cleanly(
     import signal
     import sys
 
-    import aiohttp
-
     mesh = loopback
     await mesh.add_agent("n1")
     mesh.write("web", manifest("web", instances=1))
@@ -169,7 +168,7 @@ async def test_reconcile_process_serves_and_stops_cleanly(
         await async_wait_for(info_path.exists, within=30, what="reconciler.json")
         url = json.loads(info_path.read_text())["control_url"]
         await async_wait_for(lambda: len(mesh.ready("web")) == 1, within=30, what="web ready")
-        async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/status") as resp:
+        async with one_attempt_session() as session, session.get(f"{url}/v1/status") as resp:
             status = await resp.json()
         assert status["active"] is True
         assert status["name"] == "rec-proc"

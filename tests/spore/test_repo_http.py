@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from reconciler.errors import FetchError, IntegrityError, NotFoundError
+from reconciler.httpclient import one_attempt_session
 from reconciler.repo.http import fetch_spore, repo_app
 from reconciler.repo.store import SporeRepo
 
@@ -26,7 +26,7 @@ async def served(built, tmp_path):
 
 async def test_get_by_digest(served, built):
     server, _, digest = served
-    async with aiohttp.ClientSession() as s:
+    async with one_attempt_session() as s:
         async with s.get(server.make_url(f"/spores/{digest}")) as r:
             assert r.status == 200
             assert await r.read() == built.path.read_bytes()
@@ -44,14 +44,14 @@ async def test_get_by_digest(served, built):
 async def test_corrupt_object_is_not_served(served, tmp_path):
     server, _, digest = served
     _corrupt(tmp_path / "repo" / "spores" / f"{digest}.spore")
-    async with aiohttp.ClientSession() as s, s.get(server.make_url(f"/spores/{digest}")) as r:
+    async with one_attempt_session() as s, s.get(server.make_url(f"/spores/{digest}")) as r:
         assert r.status == 500
 
 
 async def test_fetch_spore(served, built, tmp_path):
     server, _, digest = served
     base = str(server.make_url(""))
-    async with aiohttp.ClientSession() as s:
+    async with one_attempt_session() as s:
         got = await fetch_spore(s, base, digest, tmp_path / "cache")
         assert got.read_bytes() == built.path.read_bytes()
         with pytest.raises(NotFoundError):
@@ -72,7 +72,7 @@ async def test_fetch_refuses_bytes_that_do_not_match(built, tmp_path):
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        async with aiohttp.ClientSession() as s:
+        async with one_attempt_session() as s:
             with pytest.raises(IntegrityError):
                 await fetch_spore(s, str(server.make_url("/lie")), built.digest, tmp_path / "c")
             with pytest.raises(FetchError):
