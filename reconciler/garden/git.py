@@ -113,7 +113,10 @@ class GitGarden:
     def read(self) -> GardenResult:
         """Read and check the garden at the current commit."""
         if self._reader is None:
-            self._reader = GardenReader(self.garden_dir, repo_root=self.work_tree)
+            # A remote garden's files are named by their path in the repository, not in
+            # the reconciler's private clone.
+            display = self.subdir.strip("/") if self.remote else None
+            self._reader = GardenReader(self.garden_dir, repo_root=self.work_tree, display=display)
         revision = self.revision()
         if revision != self._read_revision:
             self._reader.forget_sources()  # symlinks may have moved with the checkout
