@@ -13,6 +13,7 @@ key                    owner           record
 ``intents/<node>``     active reconc.  :class:`IntentRecord`
 ``routes/<app>``       active reconc.  :class:`RouteRecord`
 ``edge/stats``         edge            :class:`EdgeStatsRecord`
+``edge/routes``        edge            :class:`EdgeRoutesRecord`
 =====================  ==============  ==========================================
 
 Intents and routes are level-triggered: the latest value is the whole truth, so a member
@@ -31,6 +32,7 @@ KEY_NODE = "node"
 KEY_GARDEN = "garden"
 KEY_LEASE = "lease"
 KEY_EDGE_STATS = "edge/stats"
+KEY_EDGE_ROUTES = "edge/routes"
 KEY_BUILD = "build"
 PREFIX_INSTANCE = "inst/"
 PREFIX_INTENTS = "intents/"
@@ -199,6 +201,10 @@ class RouteRecord(_Record):
     #: an app that may be at zero (``autoscale.to_zero_after_s``): with no backend the edge
     #: holds a request up to this long while the app wakes, instead of answering 503
     hold_s: float = 0.0
+    #: grows by one each time the route's content changes; an edge reports the generation
+    #: it serves (:class:`EdgeRoutesRecord`), so that a draining instance is withered only
+    #: once every live edge has stopped sending it new requests
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,15 @@ class EdgeStatsRecord(_Record):
 
     apps: dict[str, Any] = field(default_factory=dict)
     at: float = 0.0
+
+
+@dataclass(frozen=True)
+class EdgeRoutesRecord(_Record):
+    """The route generation (``RouteRecord.generation``) an edge serves, per app; published
+    when it changes. The reconciler withers a draining instance only after every live edge
+    reports a generation that lists it as draining (or a bounded wait has passed)."""
+
+    apps: dict[str, int] = field(default_factory=dict)
 
 
 _NESTED: dict[tuple[str, str], type[Any]] = {

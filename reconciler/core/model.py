@@ -53,6 +53,10 @@ class PlanConfig:
     """Knobs of the planner that are not per app."""
 
     drain_s: float = 2.0  # a retired instance stays routed-as-draining this long, then withers
+    #: ... and longer, until every live edge serves a route that lists it as draining, but
+    #: never longer than this after it was retired (an edge that never confirms cannot keep
+    #: an old instance alive for ever)
+    drain_confirm_s: float = 30.0
     hold_s: float = 30.0  # an app that scales to zero: how long the edge holds a request
     agent_role: str = "agent"
 
@@ -165,6 +169,15 @@ class Actual:
     routes: Mapping[str, RouteRecord] = field(default_factory=dict)
     rollouts: Mapping[str, RolloutState] = field(default_factory=dict)
     epoch: int = 0
+    #: live edge member -> app -> the route generation it serves (``EdgeRoutesRecord``)
+    edge_routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def served_generation(self, app: str) -> int | None:
+        """The oldest route generation of ``app`` a live edge serves (0: an edge that has
+        none yet), or None when no edge reports."""
+        if not self.edge_routes:
+            return None
+        return min(apps.get(app, 0) for apps in self.edge_routes.values())
 
     def apply(self, actions: Actions) -> Actual:
         """This state with ``actions`` published (what the fabric shows once they spread)."""

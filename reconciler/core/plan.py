@@ -366,6 +366,7 @@ class Planner:
             suspended=suspended,
             lost=lost,
             platform=app.platform if app else "",
+            edges_serve=actual.served_generation(name),
         )
 
     def _healthy(self, name: str) -> bool:

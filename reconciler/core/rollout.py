@@ -61,6 +61,12 @@ class AppInput:
     suspended: bool = False
     lost: int = 0  # placements that were on nodes gone from the fabric
     platform: str = ""  # the platform the spore ``digest`` was built for ("" or "any": all)
+    #: the oldest route generation a live edge serves (None: no edge reports)
+    edges_serve: int | None = None
+
+
+#: how often a drained instance waiting for the edges' confirmation is looked at again
+CONFIRM_POLL_S = 0.25
 
 
 @dataclass
@@ -251,18 +257,32 @@ def plan_app(inp: AppInput, ledger: Ledger, cfg: PlanConfig, now: float) -> AppO
         retiring={i: u for i, u in st.retiring if i in inp.placed},
         next_seq=st.next_seq,
     )
-    # Finish retirements that have drained.
+    # Finish retirements that have drained and that no edge routes new requests to.
     for iid, until in sorted(w.retiring.items()):
-        if now >= until:
+        if now < until:
+            w.wakes.append(until)
+        elif _edges_stopped_sending(inp, iid) or now >= until - cfg.drain_s + cfg.drain_confirm_s:
             w.remove(iid)
         else:
-            w.wakes.append(until)
+            w.wakes.append(min(now + CONFIRM_POLL_S, until - cfg.drain_s + cfg.drain_confirm_s))
 
     if inp.mode == "prune":
         return _prune(w)
     if inp.mode == "frozen" or inp.spec is None or not inp.digest:
         return _frozen(w)
     return _active(w, inp.spec)
+
+
+def _edges_stopped_sending(inp: AppInput, iid: str) -> bool:
+    """Whether every live edge serves a route in which ``iid`` gets no new requests: the
+    published route no longer lists it as a backend and no edge serves an older one.
+
+    With no edge reporting (none in the mesh, or edges that predate the report) there is
+    nothing to wait for: the drain time alone decides."""
+    served, route = inp.edges_serve, inp.route
+    if served is None or route is None:
+        return True
+    return served >= route.generation and all(b.instance_id != iid for b in route.backends)
 
 
 def _finish(
@@ -272,6 +292,12 @@ def _finish(
     if state is not None:
         state = replace(state, next_seq=w.next_seq, retiring=tuple(sorted(w.retiring.items())))
         route = replace(route, revision=state.revision)
+    # The generation grows with every change of the route's content (edges report it).
+    prev = w.inp.route
+    generation = prev.generation if prev is not None else 0
+    if prev is None or replace(route, generation=generation) != prev:
+        generation += 1
+    route = replace(route, generation=generation)
     return AppOutcome(
         placed=w.placed,
         route=route,

@@ -515,7 +515,8 @@ async def serve_haproxy(
                 fabric.publish(KEY_EDGE_STATS, EdgeStatsRecord(apps=apps, at=at).to_json())
 
             member = (fabric.name, spec.join.describe(fabric.addr))
-            await _serve(spec, service, FabricRouteSource(fabric), publish, fabric, member)
+            source = FabricRouteSource(fabric, report=False)  # reported once HAProxy has it
+            await _serve(spec, service, source, publish, fabric, member)
         return
     from reconciler.edge.source import StaticRouteSource
 
@@ -542,6 +543,7 @@ async def _serve(
     member: tuple[str, str] | None,
 ) -> None:
     from reconciler.aio import stop_tasks, wait_event
+    from reconciler.edge.source import report_served
 
     with _state_dir(spec.state_dir) as state:
         driver = HaproxyDriver(settings_for(spec), state)
@@ -559,10 +561,14 @@ async def _serve(
             while True:
                 await changed.wait()
                 changed.clear()
+                routes = latest[0]
                 try:
-                    await driver.apply(latest[0])
+                    await driver.apply(routes)
                 except EdgeError as exc:  # the old table stays in force
                     log.error("route table not applied: %s", exc)
+                    continue
+                if fabric is not None:
+                    report_served(fabric, routes)
 
         async def stats_loop() -> None:
             stats = HaproxyStats(time.monotonic())
@@ -588,6 +594,8 @@ async def _serve(
                 raise EdgeError("no route table within 30s")
             changed.clear()
             await driver.apply(latest[0])
+            if fabric is not None:
+                report_served(fabric, latest[0])
             tasks.append(service.spawn("haproxy routes", apply_loop()))
             tasks.append(service.spawn("haproxy supervisor", driver.supervise()))
             tasks.append(service.spawn("stats loop", stats_loop()))

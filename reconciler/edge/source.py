@@ -15,7 +15,13 @@ from typing import Protocol
 from reconciler.aio import wait_event
 from reconciler.errors import ConfigError, FabricError
 from reconciler.fabric.api import FabricAPI, JSONValue
-from reconciler.records import PREFIX_ROUTES, Backend, RouteRecord
+from reconciler.records import (
+    KEY_EDGE_ROUTES,
+    PREFIX_ROUTES,
+    Backend,
+    EdgeRoutesRecord,
+    RouteRecord,
+)
 
 log = logging.getLogger("myco.edge")
 
@@ -87,6 +93,15 @@ def serving_routes(
     return [best[app][2] for app in sorted(best)]
 
 
+def report_served(fabric: FabricAPI, routes: Sequence[RouteRecord]) -> None:
+    """Publish the route generation this edge now serves, per app (``edge/routes``): the
+    reconciler withers a draining instance only once every live edge has stopped sending
+    it new requests. Call it after the table is in force, never before."""
+    record = EdgeRoutesRecord(apps={r.app: r.generation for r in routes}).to_json()
+    if fabric.get(fabric.name, KEY_EDGE_ROUTES) != record:
+        fabric.publish(KEY_EDGE_ROUTES, record)
+
+
 class FabricRouteSource:
     """Reads ``routes/<app>`` from the fabric: on every change, and every ``resync_s``.
 
@@ -95,9 +110,12 @@ class FabricRouteSource:
     stay in force until a newer lease replaces them (:func:`serving_routes`).
     """
 
-    def __init__(self, fabric: FabricAPI, resync_s: float = 1.0) -> None:
+    def __init__(self, fabric: FabricAPI, resync_s: float = 1.0, *, report: bool = True) -> None:
         self.fabric = fabric
         self.resync_s = resync_s
+        #: ``apply`` puts the table in force before it returns: say so (:func:`report_served`);
+        #: a data plane that applies later reports itself
+        self.report = report
 
     async def run(self, apply: ApplyRoutes, ready: asyncio.Event) -> None:
         changed = asyncio.Event()
@@ -121,6 +139,8 @@ class FabricRouteSource:
                         apply(routes)
                         last = routes
                         log.info("route table: %s", describe(routes))
+                        if self.report:
+                            report_served(self.fabric, routes)
                     ready.set()
                     await wait_event(changed, self.resync_s)
                     if watcher.done():

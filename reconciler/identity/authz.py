@@ -9,7 +9,7 @@ Fabric records (a compromised host can lie only about itself)::
     intents/<node>, routes/<app>, lease,
     garden, build, revocations,
     secrets/<node>/...                       a reconciler
-    edge/stats                               an edge
+    edge/stats, edge/routes                  an edge
 
 Every record's owner (the fabric member that publishes it) must also be the writer's
 certificate name, or that name followed by ``#`` and a suffix (:func:`~.names.owner_matches`).
@@ -33,6 +33,7 @@ _EXACT: dict[str, tuple[str, ...]] = {
     "build": ("reconciler",),
     "revocations": ("reconciler",),
     "edge/stats": ("edge",),
+    "edge/routes": ("edge",),
 }
 _PREFIX: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("inst/", ("agent",)),

@@ -21,10 +21,12 @@ from reconciler.core.model import Actual, RolloutState, parse_route
 from reconciler.errors import MycoError
 from reconciler.fabric.api import FabricAPI, JSONValue
 from reconciler.records import (
+    KEY_EDGE_ROUTES,
     KEY_NODE,
     PREFIX_INSTANCE,
     PREFIX_INTENTS,
     PREFIX_ROUTES,
+    EdgeRoutesRecord,
     InstanceRecord,
     IntentRecord,
     NodeRecord,
@@ -111,6 +113,19 @@ class FabricMirror:
                     states.pop(route.app, None)
         return routes, states
 
+    def edge_routes(self) -> dict[str, dict[str, int]]:
+        """Live edge member -> app -> the route generation it serves."""
+        out: dict[str, dict[str, int]] = {}
+        for (owner, key), value in self.fabric.view(KEY_EDGE_ROUTES).items():
+            if key != KEY_EDGE_ROUTES or value is None:
+                continue
+            rec = self._parse(owner, key, value, EdgeRoutesRecord.from_json)
+            if rec is not None:
+                out[owner] = {
+                    str(app): gen for app, gen in rec.apps.items() if isinstance(gen, int)
+                }
+        return out
+
     def actual(self, epoch: int, adopt: bool) -> Actual:
         routes, states = self.routes(adopt)
         return Actual(
@@ -120,4 +135,5 @@ class FabricMirror:
             routes=routes,
             rollouts=states,
             epoch=epoch,
+            edge_routes=self.edge_routes(),
         )

@@ -27,7 +27,7 @@ class Mesh:
     def plan(self, desired: Desired) -> Actions:
         actions, self.statuses = self.planner.plan(desired, self.actual, self.now)
         if self.cross_check:  # the incremental plan equals a plan from scratch
-            full, statuses = plan(desired, self.actual, self.now)
+            full, statuses = plan(desired, self.actual, self.now, self.planner.config)
             assert (full.intents, full.routes, full.rollouts) == (
                 actions.intents,
                 actions.routes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -11,7 +12,7 @@ from reconciler.edge.config import EdgeConfig
 from reconciler.edge.server import running_edge
 from reconciler.edge.source import FabricRouteSource
 from reconciler.fabric import Keyring, open_fabric
-from reconciler.records import KEY_EDGE_STATS, EdgeStatsRecord, routes_key
+from reconciler.records import KEY_EDGE_ROUTES, KEY_EDGE_STATS, EdgeStatsRecord, routes_key
 from tests.edge.conftest import EdgeProcess, StartBackends, route
 from tests.helpers import async_wait_for
 
@@ -39,12 +40,19 @@ async def test_route_published_by_another_member_is_served_and_followed(
         )
         assert await _backend_of(client, url) == "blue"
         switched = route("billing", (blue, 1), (green, 1), draining=(blue,))
-        publisher.publish(routes_key("billing"), switched.to_json())
+        publisher.publish(routes_key("billing"), replace(switched, generation=7).to_json())
 
         async def green_only() -> bool:
             return {await _backend_of(client, url) for _ in range(4)} == {"green"}
 
         await async_wait_for(green_only, within=15, what="the blue/green switch")
+
+        # The edge says which route generation it serves, once it serves it (the
+        # reconciler withers a draining instance only then).
+        async def served() -> bool:
+            return publisher.get("edge-1", KEY_EDGE_ROUTES) == {"apps": {"billing": 7}}
+
+        await async_wait_for(served, within=15, what="the edge to report generation 7")
         publisher.delete(routes_key("billing"))
 
         async def gone() -> bool:
