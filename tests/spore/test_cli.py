@@ -238,7 +238,11 @@ def test_demo_walks_through_and_is_repeatable(capsys, tmp_path, monkeypatch):
     assert "reusing" in out2
     assert sorted(p.name for p in (tmp_path / ".myco" / "repo" / "spores").iterdir()) == first
     monkeypatch.setenv("MYCO_HOME", str(tmp_path / "home"))
-    assert run(capsys, "demo")[0] == 0
+    # A garden of one app is enough to see MYCO_HOME honoured (a fresh home rebuilds
+    # every spore, dependencies included).
+    (tmp_path / "small").mkdir()
+    shutil.copy(tmp_path / "garden" / "billing.yaml", tmp_path / "small" / "billing.yaml")
+    assert run(capsys, "demo", "--garden", str(tmp_path / "small"))[0] == 0
     assert (tmp_path / "home" / "trust.yaml").is_file()
     code, _, err = run(capsys, "demo", "--garden", str(tmp_path / "none"))
     assert code == 1
