@@ -71,7 +71,11 @@ class _Probe:
 
 
 class _Suspicion:
-    """Lifeguard suspicion: the timeout shrinks from max to min as confirmations arrive."""
+    """Lifeguard suspicion: the timeout shrinks from max to min as confirmations arrive.
+
+    Not in memberlist: a suspicion still held after half the minimum timeout is put to
+    the suspect member itself, again every quarter of it (see ``Engine._ask_suspect``).
+    """
 
     def __init__(
         self, engine: Engine, name: str, inc: int, src: str, k: int, lo: float, hi: float
@@ -82,6 +86,7 @@ class _Suspicion:
         self.confirmers = {src}
         self.n = 0
         self.handle: Handle = engine.clock.call_later(self.timeout(), self._fire)
+        self.asking: Handle = engine.clock.call_later(lo / 2, self._ask)
 
     def timeout(self) -> float:
         if self.k < 1:
@@ -99,8 +104,16 @@ class _Suspicion:
         self.handle = self.engine.clock.call_later(max(0.0, left), self._fire)
         return True
 
+    def cancel(self) -> None:
+        self.handle.cancel()
+        self.asking.cancel()
+
     def _fire(self) -> None:
         self.engine._suspicion_expired(self)
+
+    def _ask(self) -> None:
+        if self.engine._ask_suspect(self):
+            self.asking = self.engine.clock.call_later(self.lo / 4, self._ask)
 
 
 @dataclass
@@ -170,6 +183,7 @@ class Engine:
         self._joins: dict[int, Callable[[str], None]] = {}
         self._recent: dict[str, float] = {}  # owner -> when an update of it was last seen
         self._known: dict[str, float] = {}  # addr -> last time it was worth re-joining
+        self._told: dict[str, float] = {}  # suspecter -> when we last told it we are alive
         self._version = max(0, version_floor - 1)
         self._reserved = self._version
         self._reserve = reserve_versions
@@ -198,7 +212,7 @@ class Engine:
             h.cancel()
         self._timers.clear()
         for s in self._suspicions.values():
-            s.handle.cancel()
+            s.cancel()
         self._suspicions.clear()
 
     def _every(self, name: str, delay: float, fn: Callable[[], float | None]) -> None:
@@ -427,6 +441,16 @@ class Engine:
                 chosen[p] = None
         return list(chosen)
 
+    def _pick_alive(self, k: int, exclude: str) -> list[str]:
+        """Up to ``k`` random members that are alive, not suspect (memberlist's relays)."""
+        members, out = self.members, []
+        for name in self._pick(2 * k + 2, exclude=exclude):
+            if members[name].state == ALIVE:
+                out.append(name)
+                if len(out) == k:
+                    break
+        return out
+
     # --- membership bookkeeping ---------------------------------------------------------
 
     def _set_live(self, name: str, live: bool) -> None:
@@ -504,22 +528,34 @@ class Engine:
             m.since = self.clock.now()
         s = self._suspicions.pop(a.name, None)
         if s is not None:
-            s.handle.cancel()
+            s.cancel()
         self.bq.queue(("m", a.name), a)
         self._member_changed(m, old)
 
     def _on_suspect(self, s: Suspect) -> None:
         m = self.members.get(s.name)
-        if m is None or s.inc < m.inc or m.state in (DEAD, LEFT):
+        if m is None or m.state in (DEAD, LEFT):
             return
         if s.name == self.name:
-            self._refute(s.inc)
+            if s.inc >= m.inc:
+                self._refute(s.inc)
+            self._tell_alive(s.src)
             return
-        if m.state == SUSPECT:
+        if s.inc < m.inc:
+            return
+        old = m.state
+        if old == SUSPECT:
             sus = self._suspicions.get(s.name)
-            if sus is not None and sus.confirm(s.src):
-                self.bq.queue(("m", s.name), s)
-            return
+            if sus is None or s.inc <= sus.inc:
+                if sus is not None and sus.confirm(s.src):
+                    self.bq.queue(("m", s.name), s)
+                return
+            # A suspicion at a higher incarnation: the member refuted the one we hold (we
+            # missed its alive), so that one is over and this is a new one. memberlist
+            # counts it as a confirmation of the old one, whose timer then declares a member
+            # dead that has answered.
+            sus.cancel()
+            del self._suspicions[s.name]
         m.inc, m.state, m.since = s.inc, SUSPECT, self.clock.now()
         n = len(self._live) + 1
         k = self.cfg.suspicion_mult - 2
@@ -528,7 +564,7 @@ class Engine:
         lo, hi = self.cfg.suspicion_timeouts(n)
         self._suspicions[s.name] = _Suspicion(self, s.name, s.inc, s.src, k, lo, hi)
         self.bq.queue(("m", s.name), s)
-        self._member_changed(m, ALIVE)
+        self._member_changed(m, old)
 
     def _suspicion_expired(self, sus: _Suspicion) -> None:
         if self._suspicions.get(sus.name) is not sus:
@@ -541,20 +577,57 @@ class Engine:
 
     def _on_dead(self, d: Dead) -> None:
         m = self.members.get(d.name)
-        if m is None or d.inc < m.inc or m.state in (DEAD, LEFT):
+        if m is None:
             return
         if d.name == self.name:
             if not self.leaving:
-                self._refute(d.inc)
+                if d.inc >= m.inc:
+                    self._refute(d.inc)
+                if d.src != self.name:
+                    self._tell_alive(d.src)
+            return
+        if d.inc < m.inc or m.state in (DEAD, LEFT):
             return
         old = m.state
         m.inc, m.since = d.inc, self.clock.now()
         m.state = LEFT if d.src == d.name else DEAD
         s = self._suspicions.pop(d.name, None)
         if s is not None:
-            s.handle.cancel()
+            s.cancel()
         self.bq.queue(("m", d.name), d)
         self._member_changed(m, old)
+
+    def _ask_suspect(self, sus: _Suspicion) -> bool:
+        """Put a suspicion we still hold to the suspect itself; False once it is over.
+
+        Not in memberlist. The refutation spreads by gossip, and at heavy loss a member
+        can miss it (or the suspect can miss the suspicion) for the whole timeout; the
+        suspect answers this directly (:meth:`_tell_alive`). Asked only of suspicions that
+        outlive half the minimum timeout, so the common case costs nothing.
+        """
+        if not self._running or self._suspicions.get(sus.name) is not sus:
+            return False
+        m = self.members.get(sus.name)
+        if m is None or m.state != SUSPECT:
+            return False
+        self._send_packet(m.addr, [Suspect(sus.name, sus.inc, self.name)])
+        return True
+
+    def _tell_alive(self, suspecter: str) -> None:
+        """Someone suspects us or holds us dead: tell it our incarnation directly.
+
+        The refutation spreads by gossip too, but may never reach it (lost, or displaced
+        by newer news about us in the others' queues) before its timer declares us dead.
+        At most once per probe interval per suspecter.
+        """
+        m = self.members.get(suspecter)
+        now = self.clock.now()
+        if m is None or m.state not in (ALIVE, SUSPECT) or self.leaving:
+            return
+        if now - self._told.get(suspecter, -math.inf) < self.cfg.probe_interval:
+            return
+        self._told[suspecter] = now
+        self._send_packet(m.addr, [Alive(self.name, self.addr, self.inc)], piggyback=False)
 
     def _refute(self, inc: int) -> None:
         if self.leaving:
@@ -612,7 +685,12 @@ class Engine:
 
         probe.on_ack, probe.on_nack = acked, nacked
         self._acks[seq] = probe
-        self._send_packet(target.addr, [Ping(seq, target.name, self.name, self.addr)])
+        ping: list[Message] = [Ping(seq, target.name, self.name, self.addr)]
+        if target.state == SUSPECT:
+            # Lifeguard's buddy system (memberlist probeNode): tell a suspect member it is
+            # suspected with the ping itself, so it can refute at once.
+            ping.append(Suspect(target.name, target.inc, self.name))
+        self._send_packet(target.addr, ping)
 
         def no_direct_ack() -> None:
             if probe.acked or not self._running:
@@ -620,7 +698,7 @@ class Engine:
             m = self.members.get(target.name)
             if m is None:
                 return
-            relays = self._pick(self.cfg.indirect_checks, exclude=target.name)
+            relays = self._pick_alive(self.cfg.indirect_checks, exclude=target.name)
             probe.expected_nacks = len(relays)
             req = PingReq(seq, target.name, m.addr, self.name, self.addr, True)
             for r in relays:
@@ -646,16 +724,20 @@ class Engine:
                 log.debug("fabric %s: probe of %s failed, suspecting", self.name, m.name)
                 self._on_suspect(Suspect(m.name, m.inc, self.name))
 
-        self.clock.call_later(self._scale(self.cfg.probe_timeout), no_direct_ack)
+        # Not scaled by awareness (as memberlist): waiting longer does not get UDP through,
+        # while a longer interval leaves the indirect probes and the TCP ping more time.
+        self.clock.call_later(self.cfg.probe_timeout, no_direct_ack)
         self.clock.call_later(interval * 0.95, finish)
 
     def _on_ping(self, p: Ping, stream: bool) -> None:
         if p.target != self.name:
             return  # meant for a member that had our address before
         if stream:
+            # memberlist answers a TCP ping on its own connection; a stream here is one-way,
+            # so the answer needs a new connection (a handshake that a lost SYN delays by a
+            # second): a UDP ack goes too, whichever arrives before the prober gives up.
             self._send_stream(p.src_addr, [Ack(p.seq)])
-        else:
-            self._send_packet(p.src_addr, [Ack(p.seq)])
+        self._send_packet(p.src_addr, [Ack(p.seq)])
 
     def _on_ack(self, seq: int) -> None:
         p = self._acks.get(seq)
@@ -915,6 +997,9 @@ class Engine:
         recent = now - self.cfg.recent_window
         for o in [o for o, t in self._recent.items() if t < recent]:
             del self._recent[o]
+        if self._told:
+            told = now - self.cfg.probe_interval
+            self._told = {n: t for n, t in self._told.items() if t >= told}
         horizon = now - self.cfg.rejoin_forget_after
         for addr in [a for a, t in self._known.items() if t < horizon]:
             del self._known[addr]

@@ -1,6 +1,9 @@
 """A whole cluster on virtual time and the in-memory network: tests and the simulator.
 
 The members run the real :class:`~.engine.Engine`; only time and the network are fake.
+``loss`` applies to datagrams and to the packets of TCP streams alike (see :mod:`.memory`;
+``lossy_streams=False`` keeps streams lossless), and streams time out after the
+config's ``stream_timeout``, as the real transport's do.
 A member may be given a :class:`~.api.RecordGuard` (signed records, docs/identity.md);
 its certificate record is then published before anything else, as :class:`~.fabric.Fabric`
 does.
@@ -18,7 +21,7 @@ from .api import Change, Member, RecordGuard
 from .config import FabricConfig
 from .engine import Engine
 from .keyring import Keyring
-from .memory import MemoryNetwork
+from .memory import GilbertElliott, MemoryNetwork
 from .versions import version_source
 
 
@@ -33,13 +36,19 @@ class SimCluster:
         loss: float = 0.0,
         keyring: Keyring | None = None,
         cluster: str = "myco",
+        lossy_streams: bool = True,
+        reorder: float = 0.0,
+        reorder_delay: float = 0.01,
+        burst: GilbertElliott | None = None,
     ) -> None:
         self.config = config or FabricConfig.lan()
         self.rng = random.Random(seed)
         self.clock = VirtualClock()
         self.net = MemoryNetwork(
-            self.clock, latency=latency, jitter=jitter, loss=loss, rng=random.Random(seed + 1)
-        )
+            self.clock, latency=latency, jitter=jitter, loss=loss, rng=random.Random(seed + 1),
+            lossy_streams=lossy_streams, stream_timeout=self.config.stream_timeout,
+            reorder=reorder, reorder_delay=reorder_delay, burst=burst,
+        )  # fmt: skip
         self.keyring = keyring
         self.cluster = cluster
         self.nodes: dict[str, Engine] = {}

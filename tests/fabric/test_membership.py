@@ -12,8 +12,8 @@ from reconciler.fabric.sim import SimCluster
 LOCAL = FabricConfig.local()
 
 
-def cluster(n: int = 5, **kw: object) -> SimCluster:
-    sim = SimCluster(LOCAL, **kw)  # type: ignore[arg-type]
+def cluster(n: int = 5, config: FabricConfig = LOCAL, **kw: object) -> SimCluster:
+    sim = SimCluster(config, **kw)  # type: ignore[arg-type]
     first = sim.add("m0")
     for i in range(1, n):
         sim.add(f"m{i}").join([first.addr])
@@ -103,6 +103,55 @@ def test_suspicion_timeout_shrinks_with_independent_confirmations() -> None:
     assert not s.confirm("d")  # no more than k
     s.handle.cancel()
     assert _Suspicion(node, "m1", 0, "m2", k=0, lo=lo, hi=hi).timeout() == lo
+
+
+def test_a_suspicion_at_a_higher_incarnation_replaces_the_one_held() -> None:
+    # The suspect refuted the first suspicion and was suspected again; we missed the
+    # refutation. The new suspicion starts afresh (memberlist would count it as a
+    # confirmation of the old one and shorten the old timer).
+    sim = cluster(5)
+    m0 = sim.nodes["m0"]
+    inc = m0.members["m3"].inc
+    m0._on_suspect(Suspect("m3", inc, "m1"))
+    held = m0._suspicions["m3"]
+    m0._on_suspect(Suspect("m3", inc + 1, "m2"))
+    now = m0._suspicions["m3"]
+    assert now is not held
+    assert (now.inc, now.n, m0.members["m3"].inc) == (inc + 1, 0, inc + 1)
+
+
+def test_a_member_that_missed_the_refutation_hears_it_from_the_suspect() -> None:
+    # No push-pull to repair it: only the suspect itself can tell m1 in time.
+    cfg = LOCAL.with_(push_pull_interval=1e6)
+    sim = cluster(5, config=cfg)
+    m1, m3 = sim.nodes["m1"], sim.nodes["m3"]
+    old = m3.inc
+    sim.nodes["m2"]._on_suspect(Suspect("m3", old, "m2"))
+    assert sim.run_until(lambda: m3.inc > old and sim.all_see("m3", "alive"), within=5)
+    sim.run(2.0)  # the refutation has been gossiped to the end of its retransmits
+    # m1 missed it all: it still knows the old incarnation, and now suspects it.
+    m1.members["m3"].inc = old
+    m1._on_suspect(Suspect("m3", old, "m2"))
+    assert sim.state_of("m1", "m3") == "suspect"
+    _, longest = cfg.suspicion_timeouts(5)
+    assert sim.run_until(lambda: sim.state_of("m1", "m3") == "alive", within=longest)
+    sim.run(longest)
+    assert was_marked(sim, "m3", "dead") == []
+
+
+@pytest.mark.parametrize("seed", [2, 4])
+def test_no_false_death_at_30_percent_loss_of_datagrams_and_tcp_segments(seed: int) -> None:
+    sim = cluster(10, seed=seed, loss=0.3)
+    sim.member_events = {name: [] for name in sim.member_events}
+    sim.run(60.0)
+    assert sim.net.packets_lost > 0  # the loss was real, on UDP and TCP
+    assert sim.net.streams_failed > 0
+    suspected = was_marked(sim, "m4", "suspect") + was_marked(sim, "m7", "suspect")
+    assert suspected, "30% loss makes probes fail: members are suspected and refute"
+    dead = {
+        (o, m.name) for o, evs in sim.member_events.items() for _, m in evs if m.state == "dead"
+    }
+    assert dead == set()
 
 
 def test_killed_member_is_declared_dead_within_the_suspicion_window() -> None:
