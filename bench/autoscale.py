@@ -3,7 +3,8 @@
     python -m bench.autoscale [--json] [--quick] [--screenshot PNG]
 
 The app is ``workloads/paced``: each instance serves about 100 requests/s (one worker,
-10 ms of work per request, a first-come first-served queue beyond it), with
+10 ms of work per request, a first-come first-served queue beyond it; ``cpu_milli: 250``,
+so that its CPU quota does not throttle it when overloaded), with
 ``slo.p99_budget_ms: 100`` and ``autoscale: {min: 1, max: 10, to_zero_after_s: 5}``
 (target: the p99 budget, the default; up without delay, down after 60 s, the defaults).
 
@@ -42,13 +43,16 @@ code is 1 when one is missed): ``slo_recovered_s <= 10``, ``flaps == 0``,
 ``overprovision_ratio <= 1.5``, ``cold_start_p50_s <= 1``, ``cold_failed_requests == 0``.
 
 The load is open loop (:class:`OpenLoop`): request *i* is due at a time the schedule fixes,
-whatever the answers to the earlier ones do; one connection attempt per request (no client
-library that retries a dropped keep-alive connection by itself), a deadline per request
-(10 s), a request still unfinished when the load stops counts as failed, failures are
-counted by kind, and latency is measured from when a request was *due* (a generator that
-falls behind its schedule adds its own lag, reported as ``loadgen``). ``--quick`` runs a
-shorter step phase (a 30 s flap window), fewer calibration probes and three cold starts: a
-smoke test whose figures are not meant to be quoted.
+whatever the answers to the earlier ones do; one connection attempt per request
+(``bench.loadgen.get_once``: no client library that retries a dropped keep-alive connection
+by itself), a deadline per request (10 s), a request still unfinished when the load stops
+counts as failed, failures are counted by kind (``bench.loadgen``'s kinds, and
+``not_sent``), and latency is measured from when a request was *due* (a generator that
+falls behind its schedule adds its own lag, reported as ``loadgen``). Its garbage collector
+is kept from pausing it while it measures (:func:`quiet_gc`). The JSON also has the
+edges' window as the autoscaler merges it, each second and at each change of the count.
+``--quick`` runs a shorter step phase (a 30 s flap window), fewer calibration probes and
+three cold starts: a smoke test whose figures are not meant to be quoted.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -64,25 +69,32 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiohttp
-
-from bench.loadgen import Target, read_response
+from bench.loadgen import FAILURE_KINDS as LOADGEN_KINDS
+from bench.loadgen import ConnectFailed, Target, get_once
 from bench.localmesh import LocalMesh, start_mesh
 from bench.targets import evaluate as evaluate_targets
 from reconciler.client import fetch_snapshot
+from reconciler.core.autoscale import Signal, merge_signals
 from reconciler.errors import MycoError
+from reconciler.httpclient import one_attempt_session
 from reconciler.observe.status import build_status
+from reconciler.records import KEY_EDGE_STATS
 
 APP = "paced"
 FIXED = "paced-fixed"
 BUDGET_MS = 100.0
 SERVICE_MS = 10.0  # one worker: about 100 requests/s per instance
+#: The CPU each instance may use. Overloaded (hundreds of connections waiting) it spends more
+#: per answer than at 80 %; at 100 milli the quota then throttles it (a quarter of its 100 ms
+#: periods) and it answers 64-83 a second for its first seconds of overload, where the
+#: autoscaler measures what one instance carries: 250 keeps it at about 100, as stated.
+CPU_MILLI = 250
 LOW_RPS = 20.0
 HIGH_RPS = 400.0
 TO_ZERO_S = 5.0
@@ -116,7 +128,9 @@ class Shot:
     done: float = 0.0
     status: int = 0  # 0: no HTTP answer
     kind: str = ""  # "" for a 200, else the failure's kind (FAILURE_KINDS)
+    detail: str = ""  # for a failure: the status or the exception's type
     instance: str = ""
+    queued_ms: float = 0.0  # what the instance says it waited for its worker
 
     @property
     def ok(self) -> bool:
@@ -128,16 +142,10 @@ class Shot:
         return self.done - self.due if self.ok else math.inf
 
 
-FAILURE_KINDS = (
-    "connect",  # the TCP connection could not be made
-    "timeout",  # no whole answer within the deadline
-    "reset",  # the connection was reset or broken after it was made
-    "closed",  # the server closed before a whole answer
-    "http",  # an answer other than 200 (counted as http_<status>)
-    "unfinished",  # still running when the load stopped
-    "not_sent",  # the generator's in-flight cap was reached (never happens below it)
-    "other",
-)
+#: The kinds of ``bench.loadgen`` (connect, timeout, read, status_5xx, status_other,
+#: unfinished), and the open loop's own: ``not_sent``, the generator's in-flight cap
+#: reached (it never is below it).
+FAILURE_KINDS = (*LOADGEN_KINDS, "not_sent")
 
 
 class OpenLoop:
@@ -152,7 +160,6 @@ class OpenLoop:
 
     def __init__(self, url: str, timeout_s: float = REQUEST_TIMEOUT_S, max_in_flight: int = 8000):
         self.target = Target.parse(url)
-        self._request = self.target.request()
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.shots: list[Shot] = []
@@ -222,43 +229,52 @@ class OpenLoop:
         task.add_done_callback(self._inflight.discard)
 
     async def _one(self, shot: Shot) -> None:
+        """One request through ``bench.loadgen.get_once`` (a connection of its own, no
+        retry), its failure classified as ``bench.loadgen.Load`` classifies one."""
         loop = asyncio.get_running_loop()
         shot.sent = loop.time()
-        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.timeout_s):
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        self.target.host, self.target.port
-                    )
-                except OSError as exc:
-                    shot.kind = f"connect: {type(exc).__name__}"
-                    return
-                writer.write(self._request)
-                await writer.drain()
-                shot.status, body = await read_response(reader)
-                if shot.status != 200:
-                    shot.kind = f"http_{shot.status}"
-                else:
-                    with contextlib.suppress(ValueError):
-                        doc = json.loads(body)
-                        if isinstance(doc, dict):
-                            shot.instance = str(doc.get("instance", ""))
+                shot.status, body = await get_once(self.target)
         except asyncio.CancelledError:
             shot.kind = "unfinished"
             raise
         except TimeoutError:
             shot.kind = "timeout"
-        except asyncio.IncompleteReadError:
-            shot.kind = "closed"
-        except (ConnectionResetError, BrokenPipeError):
-            shot.kind = "reset"
-        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
-            shot.kind = f"other: {type(exc).__name__}"
+        except ConnectFailed as exc:
+            shot.kind, shot.detail = "connect", str(exc).partition(":")[0]
+        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            shot.kind, shot.detail = "read", type(exc).__name__
+        else:
+            if shot.status != 200:
+                shot.kind = "status_5xx" if shot.status >= 500 else "status_other"
+                shot.detail = str(shot.status)
+            else:
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(body)
+                    if isinstance(doc, dict):
+                        shot.instance = str(doc.get("instance", ""))
+                        queued = doc.get("queued_ms")
+                        if isinstance(queued, int | float):
+                            shot.queued_ms = float(queued)
         finally:
             shot.done = loop.time()
-            if writer is not None:
-                writer.close()
+
+
+@contextlib.contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Keep the load generator's garbage collector from pausing it while it measures.
+
+    A full collection walks every object of the process (the mesh client, the requests
+    so far): 86 ms, 10 s into the step, once a run, which made that second's p99 the
+    client's own. Collected first, then frozen (what exists is not walked again, the
+    young objects are still collected), unfrozen after."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _finite(v: float | None) -> float | str | None:
@@ -266,11 +282,22 @@ def _finite(v: float | None) -> float | str | None:
 
 
 def failures_by_kind(shots: Sequence[Shot]) -> dict[str, int]:
+    """Requests that got no 200, by kind: every kind of :data:`FAILURE_KINDS`, zeros
+    included (the same keys in every report)."""
+    out = dict.fromkeys(FAILURE_KINDS, 0)
+    for s in shots:
+        if not s.ok:
+            out[s.kind or "status_other"] += 1
+    return out
+
+
+def failure_details(shots: Sequence[Shot]) -> dict[str, int]:
+    """Failures by kind and detail (``"status_5xx: 502"``, ``"read: ConnectionResetError"``)."""
     out: dict[str, int] = {}
     for s in shots:
         if not s.ok:
-            kind = s.kind or f"http_{s.status}"
-            out[kind] = out.get(kind, 0) + 1
+            key = f"{s.kind or 'status_other'}: {s.detail}" if s.detail else s.kind
+            out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
 
 
@@ -307,6 +334,8 @@ class Point:
     edge_p99_ms: float
     edge_rps: float
     reason: str = ""  # the autoscaler's last change of the count, and why
+    #: the edges' last window as the autoscaler merges it (what it decides on)
+    signal: Signal | None = None
 
 
 @dataclass
@@ -320,7 +349,7 @@ class Monitor:
     errors: int = 0
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        async with one_attempt_session() as session:
             while True:
                 try:
                     snap = await fetch_snapshot(session, self.api)
@@ -328,6 +357,7 @@ class Monitor:
                     self.errors += 1
                 else:
                     a = build_status(snap).app(self.app)
+                    stats = [e.value for e in snap.entries if e.key == KEY_EDGE_STATS]
                     if a is not None:
                         desired = a.autoscale.get("desired") if a.autoscale else a.desired
                         last = a.autoscale.get("last") if a.autoscale else None
@@ -341,6 +371,7 @@ class Monitor:
                                 edge_p99_ms=a.p99_ms,
                                 edge_rps=a.rps,
                                 reason=reason,
+                                signal=merge_signals(stats)[1].get(self.app),
                             )
                         )
                 await asyncio.sleep(self.period_s)
@@ -393,6 +424,19 @@ def flaps(changes: Sequence[tuple[float, int, int]], window_start: float) -> int
     return n
 
 
+def signal_json(sig: Signal | None) -> dict[str, Any] | None:
+    """The figures of an edge window the autoscaler judges, for the JSON."""
+    if sig is None:
+        return None
+    return {
+        "arrival_rps": sig.rps,
+        "answered_rps": sig.done_rps,
+        "p99_answered_ms": sig.p99_ms,
+        "p99_sent_ms": sig.p99_sent_ms,
+        "stale": sig.stale,
+    }
+
+
 def recovered_after(windows: Sequence[float | None], run: int = RECOVERED_RUN_S) -> int | None:
     """The first window index from which ``run`` windows in a row are within the budget."""
     streak = 0
@@ -424,7 +468,7 @@ def manifest(name: str, *, autoscale: bool, instances: int) -> str:
               source: ../workloads/paced
               command: ["{sys.executable}", "server.py"]
               env: {{SERVICE_MS: "{SERVICE_MS:g}", CONCURRENCY: "1"}}
-              nutrients: {{cpu_milli: 100, memory_mb: 64}}
+              nutrients: {{cpu_milli: {CPU_MILLI}, memory_mb: 64}}
               slo: {{p99_budget_ms: {BUDGET_MS:g}}}
               health: {{path: /health, interval_s: 0.1, timeout_s: 1.0, grace_s: 10.0}}
               restart: {{backoff_initial_s: 0.1, backoff_max_s: 1.0, stop_grace_s: 2.0}}
@@ -461,10 +505,11 @@ async def step_phase(
         await mon.until(lambda p: p.backends >= 1, 60, f"{APP} routed")
         await asyncio.sleep(plan.warm_s)
         before = mon.last
-        t_step = time.monotonic()
-        load.set_rate(HIGH_RPS)
-        await asyncio.sleep(plan.high_s)
-        t_end = time.monotonic()
+        with quiet_gc():
+            t_step = time.monotonic()
+            load.set_rate(HIGH_RPS)
+            await asyncio.sleep(plan.high_s)
+            t_end = time.monotonic()
         end = mon.last
         if screenshot is not None:  # under the same load (not counted in the figures)
             api = str(mesh.record()["agent_api"])
@@ -492,10 +537,13 @@ async def step_phase(
                 "over_budget_by_instance": dict(
                     sorted(by_instance.items(), key=lambda kv: -kv[1])[:3]
                 ),
+                # of those, how many waited over half the budget in the instance's queue
+                "over_budget_queued": sum(1 for s in slow if s.queued_ms > BUDGET_MS / 2),
                 "p99_ms": None if p is None else (p if math.isfinite(p) else "inf"),
                 "desired": pts[-1].desired if pts else None,
                 "routed": pts[-1].backends if pts else None,
                 "edge_p99_ms": pts[-1].edge_p99_ms if pts else None,
+                "edge": signal_json(pts[-1].signal if pts else None),
             }
         )
     first = recovered_after(windows)
@@ -509,7 +557,13 @@ async def step_phase(
         "high_s": plan.high_s,
         "instances_before": None if before is None else before.backends,
         "changes": [
-            {"at_s": round(p.t - t_step, 2), "from": a, "to": b, "reason": p.reason}
+            {
+                "at_s": round(p.t - t_step, 2),
+                "from": a,
+                "to": b,
+                "reason": p.reason,
+                "edge": signal_json(p.signal),
+            }
             for p, a, b in _changes(mon.points, t_step, t_end)
         ],
         "before_step": [
@@ -526,6 +580,7 @@ async def step_phase(
         "sent": len(shots),
         "failed": sum(not s.ok for s in shots),
         "failures": failures_by_kind(shots),
+        "failure_details": failure_details(shots),
         "over_budget_windows_after_recovery": (
             None if first is None else sum(1 for v in windows[first:] if v is None or v > BUDGET_MS)
         ),
@@ -552,11 +607,12 @@ async def calibrate(mesh: LocalMesh, fixed: Monitor, plan: Plan, quick: bool) ->
         await fixed.until(
             lambda p: p.backends == count and p.ready == count, 90, f"{count} {FIXED} routed"
         )
-        async with OpenLoop(url) as load:
-            load.set_rate(HIGH_RPS)
-            t0 = time.monotonic()
-            await asyncio.sleep(plan.probe_s)
-            load.set_rate(0)
+        with quiet_gc():
+            async with OpenLoop(url) as load:
+                load.set_rate(HIGH_RPS)
+                t0 = time.monotonic()
+                await asyncio.sleep(plan.probe_s)
+                load.set_rate(0)
         shots = [s for s in load.shots if s.due >= t0 + plan.probe_settle_s]
         p = p99_ms(shots)
         ok = p is not None and p <= BUDGET_MS
@@ -602,10 +658,11 @@ async def cold_phase(mesh: LocalMesh, mon: Monitor, plan: Plan) -> dict[str, Any
             TO_ZERO_S + 90,
             f"{APP} at zero",
         )
-        async with OpenLoop(url) as load:
-            load.set_rate(LOW_RPS)
-            await asyncio.sleep(plan.cold_burst_s)
-            load.set_rate(0)
+        with quiet_gc():
+            async with OpenLoop(url) as load:
+                load.set_rate(LOW_RPS)
+                await asyncio.sleep(plan.cold_burst_s)
+                load.set_rate(0)
         shots = load.shots
         first = shots[0]
         runs.append(
@@ -615,6 +672,7 @@ async def cold_phase(mesh: LocalMesh, mon: Monitor, plan: Plan) -> dict[str, Any
                 "sent": len(shots),
                 "failed": sum(not s.ok for s in shots),
                 "failures": failures_by_kind(shots),
+                "failure_details": failure_details(shots),
             }
         )
     firsts = [r["first_answer_s"] for r in runs if r["first_answer_s"] is not None]

@@ -260,7 +260,9 @@ class EdgeStatsRecord(_Record):
     """An edge's figures of the last second (docs/autoscale.md), per app: ``requests``,
     ``errors_5xx``, ``rps`` (answered per second), ``arrival_rps``, ``inflight`` (now),
     ``inflight_avg``, ``p50_ms``, ``p90_ms``, ``p99_ms``, ``error_rate``,
-    ``total_requests``, ``window_s`` and, for an app held at zero, ``held``. At most
+    ``total_requests``, ``window_s``, ``sent`` and ``p99_sent_ms`` (the requests sent in the
+    window and their p99: latency if answered, else age so far), ``stale`` (answers to
+    requests sent before the window) and, for an app held at zero, ``held``. At most
     256 apps (the busiest); published every second while there is traffic."""
 
     apps: dict[str, Any] = field(default_factory=dict)

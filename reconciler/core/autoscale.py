@@ -11,8 +11,9 @@ Pure, like the plan: no I/O, no clock (``now`` is an argument), no randomness. T
   1. a raw wish from the target: ``rps_per_instance`` and ``inflight_per_instance`` as
      ``ceil(load / target)``, inside a tolerance band (±10 %) the count is kept;
      ``p99_ms`` from the load per instance the app was seen to carry within the budget
-     (``good``) and the load at which it broke it (``bad``, forgotten after a while), see
-     :func:`_p99_wish`;
+     (``good``) and the load at which it broke it (``bad``, forgotten after a while),
+     judging the p99 of the requests *sent* in the window (:func:`judged_p99`: a backlog
+     answered late after a scale-up asks for nothing more), see :func:`_p99_wish`;
   2. panic: load at ``panic_factor`` × the target scales up at once (no up
      stabilization) and forbids scaling down until the down window has passed;
   3. stabilization, as the Kubernetes HPA's ``behavior``: scale up to the *smallest*
@@ -60,6 +61,11 @@ class AutoscaleConfig:
     #: under this share of it (within the budget, after the down window)
     probe_util: float = 0.8
     min_samples: int = 20  # requests in a window before its p99 is believed
+    #: p99: judge the requests *sent* in a window (``Signal.p99_sent_ms``) rather than those
+    #: answered in it when the budget is at most this share of the window (a request sent
+    #: in the window can then be seen over the budget by its end); answers to a backlog
+    #: sent before the window then do not count
+    sent_share: float = 0.5
     forget_bad_s: float = 300.0  # a learned overload level is forgotten after this long
     #: p99: not believed this long after a decision that saw no ready instance or a held
     #: request (the answers then include the wait for the app to start or wake)
@@ -80,6 +86,12 @@ class Signal:
     held: int = 0  # requests an edge holds for the app while it is at zero
     edges: int = 0  # edges that reported (0: no edge in the mesh, nothing to scale on)
     at: float = 0.0  # the newest edge window in it (``EdgeStatsRecord.at``; 0: unknown)
+    #: the worst edge's p99 of the requests *sent* in the window (answered: their latency;
+    #: still in flight: their age); None when an edge with arrivals did not say (older)
+    p99_sent_ms: float | None = None
+    sent: int = 0  # requests sent (begun) in the window
+    stale: int = 0  # answers to requests sent before the window (a backlog drained)
+    window_s: float = 0.0  # the longest edge window (0: unknown)
 
     @property
     def active(self) -> bool:
@@ -96,9 +108,11 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
     """Every edge's ``edge/stats`` value → (how many edges, one :class:`Signal` per app).
 
     Rates and in-flight counts add up; the p99 is the worst edge's among those that
-    answered requests (a merge of quantiles without the histograms: on the safe side).
-    Records from older edges lack ``arrival_rps``/``inflight_avg``: their answered rate and
-    current in-flight count stand in. Values that are not numbers count as 0.
+    answered requests (a merge of quantiles without the histograms: on the safe side), the
+    p99 of the requests sent the worst among those that had requests sent. Records from
+    older edges lack ``arrival_rps``/``inflight_avg``: their answered rate and current
+    in-flight count stand in; one that lacks ``p99_sent_ms`` while it had arrivals leaves
+    the merged one unknown (None). Values that are not numbers count as 0.
     """
     edges = 0
     acc: dict[str, dict[str, float]] = {}
@@ -112,7 +126,10 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
         for app, fig in apps.items():
             if not isinstance(app, str) or not isinstance(fig, dict):
                 continue
-            a = acc.setdefault(app, {"rps": 0.0, "done": 0.0, "inf": 0.0, "p99": 0.0, "n": 0.0})
+            a = acc.setdefault(
+                app,
+                {"rps": 0.0, "done": 0.0, "inf": 0.0, "p99": 0.0, "n": 0.0, "sent_known": 1.0},
+            )
             done = _num(fig.get("rps"))
             a["rps"] += _num(fig.get("arrival_rps")) if "arrival_rps" in fig else done
             a["done"] += done
@@ -122,6 +139,14 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
             a["at"] = max(a.get("at", 0.0), _num(value.get("at")))
             if _num(fig.get("requests")) > 0:
                 a["p99"] = max(a["p99"], _num(fig.get("p99_ms")))
+            a["window"] = max(a.get("window", 0.0), _num(fig.get("window_s")))
+            a["stale"] = a.get("stale", 0.0) + _num(fig.get("stale"))
+            if "p99_sent_ms" in fig:
+                a["sent"] = a.get("sent", 0.0) + _num(fig.get("sent"))
+                if _num(fig.get("sent")) > 0:
+                    a["p99s"] = max(a.get("p99s", 0.0), _num(fig.get("p99_sent_ms")))
+            elif _num(fig.get("arrival_rps" if "arrival_rps" in fig else "rps")) > 0:
+                a["sent_known"] = 0.0
     out = {
         app: Signal(
             rps=round(a["rps"], 3),
@@ -132,6 +157,10 @@ def merge_signals(records: Iterable[object]) -> tuple[int, dict[str, Signal]]:
             held=int(a.get("held", 0.0)),
             edges=edges,
             at=a.get("at", 0.0),
+            p99_sent_ms=a.get("p99s", 0.0) if a["sent_known"] and "sent" in a else None,
+            sent=int(a.get("sent", 0.0)),
+            stale=int(a.get("stale", 0.0)),
+            window_s=a.get("window", 0.0),
         )
         for app, a in acc.items()
     }
@@ -225,6 +254,20 @@ def _per(rps: float, level: float) -> float:
     return min(rps / level, 1e9) if level > 0 else 1e9
 
 
+def judged_p99(cfg: AutoscaleConfig, budget_ms: float, sig: Signal) -> tuple[float, int]:
+    """The p99 a latency target judges, and how many requests it is of.
+
+    The p99 of the requests *sent* in the window when the edges say it and the budget is
+    at most ``sent_share`` of the window: answers to a backlog sent before the window (the
+    first instance's queue after a step, drained once more instances are ready) then do
+    not count, so a backlog that drains does not ask for more instances. Otherwise (older
+    edges, a budget near the window's length: no request sent in it could be seen over the
+    budget by its end) the p99 of the requests answered in it."""
+    if sig.p99_sent_ms is not None and budget_ms <= sig.window_s * 1000.0 * cfg.sent_share:
+        return sig.p99_sent_ms, sig.sent
+    return sig.p99_ms, sig.requests
+
+
 def _p99_wish(
     cfg: AutoscaleConfig, a: Autoscale, st: ScaleState, sig: Signal, ready: int, now: float
 ) -> tuple[int, ScaleState, str, bool]:
@@ -244,6 +287,8 @@ def _p99_judge(
 ) -> tuple[int, ScaleState, str, bool]:
     """The wish of a latency target, and what was learned: (wish, state, why, panic).
 
+    The p99 judged is :func:`judged_p99`'s (of the requests sent in the window, as a rule).
+
     Latency says *that* an app needs more, not how many; the load per instance says how
     many. So the state learns levels of load per ready instance: ``good``, the highest
     seen within the budget; ``bad``, the lowest seen over it (when the app cannot keep up:
@@ -258,13 +303,16 @@ def _p99_judge(
     An unclean window over the budget still moves the count, on its own figures (per
     instance that served all of it), but leaves nothing behind.
 
+    * Over the budget in one window only, while the answers keep up with the arrivals:
+      nothing (a blip of a busy machine; nothing is learned). An overload that the app
+      cannot keep up with (a step) moves the count at once.
     * Over the budget: enough instances to bring the load per instance under ``bad`` (else
       ``cap``, else this window's level) by the tolerance, and at least one more than now
       once all have been ready for a whole window (not while a backlog drains: answers
-      outpacing arrivals mean the latency is the queue's, and nothing is learned from it).
+      outpacing arrivals; nothing is learned from such a window either).
     * Within it: the fewest instances that keep the load per instance under ``good`` (and
       under ``bad``): a load that fell lets the count fall (a window that instances joined
-      partway keeps the count).
+      partway keeps the count); more than now only beyond the tolerance.
     * Within it, with ``cap`` known: the fewest that keep the load per instance under
       ``probe_util`` × ``cap`` (and ``bad``), if fewer than now.
     * Far within it (p99 under ``probe_below`` of the budget): one less than now, if
@@ -281,9 +329,16 @@ def _p99_judge(
     whole = min(n for _t, n in st.readies) if st.readies else basis
     steady = whole == ready > 0
     settling = now - st.unready_at < cfg.settle_s
-    believed = sig.requests >= cfg.min_samples and sig.p99_ms > 0 and ready > 0 and not settling
+    p99, samples = judged_p99(cfg, budget, sig)
+    believed = samples >= cfg.min_samples and p99 > 0 and ready > 0 and not settling
     draining = sig.done_rps > sig.rps * (1 + tol)
-    if believed and sig.p99_ms > budget * (1 + tol):
+    if believed and p99 > budget * (1 + tol):
+        why = f"p99 {p99:g} ms over the {budget:g} ms budget at {sig.rps:g} rps"
+        if not st.over and sig.done_rps >= sig.rps * (1 - tol):
+            # a blip: one window over while the app keeps up with its arrivals (a busy
+            # machine, a pause) says nothing of its capacity; a second in a row does
+            why += ", keeping up: once is not enough"
+            return count, replace(st, over=True, last_rps=sig.rps), why, False
         level = 0.0
         if not draining:
             served = sig.done_rps / max(whole, 1)
@@ -300,8 +355,7 @@ def _p99_judge(
         if ready >= count and steady and not draining:
             wish = max(wish, count + 1)
         wish = max(wish, count)
-        panic = sig.p99_ms >= budget * cfg.panic_factor
-        why = f"p99 {sig.p99_ms:g} ms over the {budget:g} ms budget at {sig.rps:g} rps"
+        panic = p99 >= budget * cfg.panic_factor
         if draining:
             why += " (draining a backlog)"
         return wish, replace(st, over=True, last_rps=sig.rps), why, panic
@@ -318,6 +372,8 @@ def _p99_judge(
         why = f"{sig.rps:g} rps within the budget, instances joined within the window"
     elif limit > 0:
         wish = max(1, math.ceil(_per(sig.rps, limit) - 1e-9))
+        if wish > count and sig.rps <= count * limit * (1 + tol):
+            wish = count  # within the budget and the tolerance of the limit: no more
         why = f"{sig.rps:g} rps at up to {limit:.4g} rps per instance within the budget"
     elif settling:
         wish = count
@@ -339,11 +395,11 @@ def _p99_judge(
     if (
         believed
         and wish >= count > max(1, a.min)
-        and sig.p99_ms < budget * cfg.probe_below
+        and p99 < budget * cfg.probe_below
         and (not st.bad or sig.rps / (count - 1) < st.bad * (1 - tol))
     ):
         wish = count - 1
-        why = f"p99 {sig.p99_ms:g} ms is far under the {budget:g} ms budget: trying one less"
+        why = f"p99 {p99:g} ms is far under the {budget:g} ms budget: trying one less"
     return wish, st, why, False
 
 

@@ -9,12 +9,21 @@ Two windows run side by side: the log window (:meth:`EdgeStats.roll`, every
 autoscaler: per app the arrival and completion rates, the requests in flight (now, and on
 average over the window by Little's law), and latency quantiles. A record holds at most
 :data:`MAX_SIGNAL_APPS` apps (the busiest), so its size is bounded.
+
+The signal window also judges the requests *sent* in it (``p99_sent_ms``): those answered
+within it at their latency, those still in flight at its end at their age so far (a lower
+bound, to :data:`SLICE_S`). Answers to requests sent before the window (a backlog being
+drained) are counted apart (``stale``): they say the app was short of capacity, not that
+it is now. Telling them apart needs the time at an answer: the injected ``clock``, the
+proxy's (monotonic seconds, as ``now`` and ``started_at``).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 #: Upper bounds (seconds) of the cumulative latency histogram exported to Prometheus.
@@ -30,6 +39,12 @@ _BUCKETS = int(math.log(600_000 / _MIN_MS) / _LOG_GROWTH) + 2
 SIGNAL_INTERVAL_S = 1.0
 #: At most this many apps in one ``edge/stats`` record: the busiest (the record stays small).
 MAX_SIGNAL_APPS = 256
+#: Requests in flight are kept by when they were sent, in slices this long (their age at
+#: the window's end is known to within one slice).
+SLICE_S = 0.01
+#: ... and in at most this many slices (a window longer than that puts its latest requests in
+#: the last one, which only makes their age a lower bound still)
+MAX_SLICES = 400
 
 
 def bucket_of(ms: float) -> int:
@@ -64,7 +79,7 @@ class LatencyHistogram:
 
 
 class AppCounters:
-    __slots__ = ("requests", "errors_5xx", "latency", "arrivals", "busy_s")
+    __slots__ = ("requests", "errors_5xx", "latency", "arrivals", "busy_s", "sent", "open", "stale")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -72,6 +87,17 @@ class AppCounters:
         self.latency = LatencyHistogram()
         self.arrivals = 0  # requests begun in the window (signal window only)
         self.busy_s = 0.0  # summed latency of the requests finished in the window
+        # signal window only: latencies of the requests begun in it and answered in it;
+        # those begun in it still in flight, per SLICE_S of when they began; answers to
+        # requests begun before it
+        self.sent: LatencyHistogram | None = None
+        self.open: list[int] = []
+        self.stale = 0
+
+    def sent_hist(self) -> LatencyHistogram:
+        if self.sent is None:
+            self.sent = LatencyHistogram()
+        return self.sent
 
 
 class Lifetime:
@@ -108,7 +134,8 @@ class EdgeStats:
     in-flight count alone).
     """
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._apps: dict[str, AppCounters] = {}
         self._since = started_at
         self._sig: dict[str, AppCounters] = {}
@@ -125,6 +152,10 @@ class EdgeStats:
         if c is None:
             c = self._sig[app] = AppCounters()
         c.arrivals += 1
+        k = min(max(0, int((self._clock() - self._sig_since) / SLICE_S)), MAX_SLICES - 1)
+        if k >= len(c.open):
+            c.open.extend([0] * (k + 1 - len(c.open)))
+        c.open[k] += 1
 
     def record(self, app: str, status: int, latency_s: float) -> None:
         n = self.inflight.get(app, 0)
@@ -141,7 +172,26 @@ class EdgeStats:
             c.errors_5xx += error
             c.latency.add_bucket(i)
             c.busy_s += latency_s
+        self._answered(self._sig[app], i, latency_s)
         self.lifetime.add(app, status, latency_s)
+
+    def _answered(self, c: AppCounters, bucket: int, latency_s: float) -> None:
+        """An answer in the signal window: to a request sent in it (its slice leaves the
+        open ones), else to one sent before it (``stale``). The slice is found from the
+        answer's latency, give or take one (the proxy's start and :meth:`begin` read the
+        clock a moment apart; a request begun a moment before the window may have been
+        counted in it)."""
+        k = int((self._clock() - latency_s - self._sig_since) / SLICE_S)
+        if k < -1 or not c.open:  # sent before the window, or none of it is open
+            c.stale += 1
+            return
+        k = min(k, MAX_SLICES - 1)
+        for j in (k, k - 1, k + 1):
+            if 0 <= j < len(c.open) and c.open[j] > 0:
+                c.open[j] -= 1
+                c.sent_hist().add_bucket(bucket)
+                return
+        c.stale += 1
 
     def roll(self, now: float) -> dict[str, dict[str, Any]]:
         """The log window's figures per app; resets it."""
@@ -159,7 +209,10 @@ class EdgeStats:
         Apps with requests begun, finished or in flight; at most ``limit`` of them, the
         busiest first kept. Besides the log figures: ``arrival_rps`` (requests begun per
         second: what the app is asked for, even while it cannot keep up), ``inflight`` (now),
-        ``inflight_avg`` (the window's average, by Little's law), ``p90_ms``, ``window_s``.
+        ``inflight_avg`` (the window's average, by Little's law), ``p90_ms``, ``window_s``,
+        ``sent`` (requests begun in the window), ``p99_sent_ms`` (the p99 of those: their
+        latency if answered, else their age at ``now``; 0 when none) and ``stale`` (answers
+        to requests begun before the window).
         """
         span = max(now - self._sig_since, 1e-9)
         for app, n in self.inflight.items():
@@ -180,6 +233,9 @@ class EdgeStats:
             figures["inflight_avg"] = round(c.busy_s / span, 3)
             figures["p90_ms"] = round(c.latency.quantile(0.90), 3)
             figures["window_s"] = round(span, 3)
+            figures["sent"] = c.arrivals
+            figures["p99_sent_ms"] = round(_sent_p99(c, now - self._sig_since), 3)
+            figures["stale"] = c.stale
             if self.held.get(app):
                 figures["held"] = self.held[app]
             if self.held_rejected.get(app):
@@ -188,6 +244,23 @@ class EdgeStats:
         self._sig = {}
         self._sig_since = now
         return out
+
+
+def _sent_p99(c: AppCounters, span: float) -> float:
+    """The p99 (ms) of the requests begun in the window: answered ones at their latency,
+    open ones at their age at its end (``span`` after it began; the end of their slice)."""
+    if not c.open and c.sent is None:
+        return 0.0
+    h = LatencyHistogram()
+    if c.sent is not None:
+        h.counts[:] = c.sent.counts
+        h.total = c.sent.total
+    for k, n in enumerate(c.open):
+        if n > 0:
+            age_ms = max(0.0, span - (k + 1) * SLICE_S) * 1000.0
+            h.counts[bucket_of(age_ms)] += n
+            h.total += n
+    return h.quantile(0.99)
 
 
 def _figures(app: str, c: AppCounters, span: float, totals: dict[str, int]) -> dict[str, Any]:

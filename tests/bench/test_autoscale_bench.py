@@ -21,12 +21,14 @@ from pathlib import Path
 import pytest
 
 from bench.autoscale import (
+    FAILURE_KINDS,
     TARGETS,
     OpenLoop,
     Point,
     Shot,
     count_changes,
     evaluate,
+    failure_details,
     failures_by_kind,
     flaps,
     p99_ms,
@@ -147,7 +149,9 @@ async def test_the_schedule_is_kept_when_nothing_answers(server: tuple[Server, s
     assert all(b - a == pytest.approx(0.01, abs=1e-6) for a, b in zip(due, due[1:], strict=False))
     assert srv.accepted == len(load.shots)  # every one was sent, on its own connection
     # still unanswered when the load stopped: each counted as failed, none dropped
-    assert failures_by_kind(load.shots) == {"unfinished": len(load.shots)}
+    kinds = failures_by_kind(load.shots)
+    assert set(kinds) == set(FAILURE_KINDS)  # every kind, zeros included
+    assert {k: n for k, n in kinds.items() if n} == {"unfinished": len(load.shots)}
 
 
 @pytest.mark.parametrize("server", ["close"], indirect=True)
@@ -160,8 +164,11 @@ async def test_a_dropped_connection_is_a_failure_not_a_retry(server: tuple[Serve
     assert load.shots
     assert srv.accepted == len(load.shots)  # one connection attempt per request, no retry
     kinds = failures_by_kind(load.shots)  # closed before an answer (or reset: unread data)
-    assert set(kinds) <= {"closed", "reset"}
-    assert sum(kinds.values()) == len(load.shots)
+    assert kinds["read"] == len(load.shots)
+    assert set(failure_details(load.shots)) <= {
+        "read: IncompleteReadError",
+        "read: ConnectionResetError",
+    }
 
 
 @pytest.mark.parametrize("server", ["ok"], indirect=True)
@@ -179,7 +186,8 @@ async def test_answers_and_deadlines(server: tuple[Server, str]) -> None:
         await asyncio.sleep(0.1)
         load.set_rate(0)
     assert load.shots
-    assert all(s.kind.startswith("connect") for s in load.shots)
+    assert failures_by_kind(load.shots)["connect"] == len(load.shots)
+    assert set(failure_details(load.shots)) == {"connect: ConnectionRefusedError"}
 
 
 # -- the workload -------------------------------------------------------------------------

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.autoscale import (
+    AutoscaleConfig,
     Autoscaler,
     ScaleState,
     Signal,
     decide,
     fits,
+    judged_p99,
     merge_signals,
 )
 from reconciler.core.model import Actual
 from reconciler.core.plan import Planner
 from reconciler.core.sim import agents_step, make_app, make_desired, make_nodes
+from reconciler.edge.stats import EdgeStats
 from reconciler.model import Autoscale, ScaleStep
 from reconciler.records import Nutrients
 
@@ -281,8 +286,11 @@ def test_p99_the_wait_of_a_start_or_a_wake_is_not_taken_for_load() -> None:
         assert st_.bad == 0.0  # nothing learned from it either
     assert st_.decision is not None
     assert "just started or woken" in st_.decision.reason
-    # once settled, a p99 over the budget is load again
+    # once settled, a p99 over the budget is load again (two windows in a row: the app
+    # keeps up with its arrivals, so one could be a blip)
     st_ = decide(P99, st_, late, 3.5, ready=1, start=1, fit=9)
+    assert st_.count == 1
+    st_ = decide(P99, st_, late, 4.5, ready=1, start=1, fit=9)
     assert st_.count > 1
 
 
@@ -562,3 +570,233 @@ def test_latency_target_under_steady_load_settles(capacity: float, rps: float, c
     assert tail[0] >= need
     assert reversals(counts) <= 1
     assert tail[0] <= max(need + 1, math.ceil(need * 1.5)) or tail[0] <= count
+
+
+# -- a backlog drained after a scale-up (the p99 of the requests sent in a window) -------
+
+
+def sent_load(
+    rps: float, *, answered: float, sent: float, done: float | None = None, at: float = 0.0
+) -> Signal:
+    """A window of an edge that says both p99s: of the answers in it, of the requests sent."""
+    return replace(
+        load(rps, p99=answered, done=done), p99_sent_ms=sent, sent=int(rps), window_s=1.0, at=at
+    )
+
+
+@pytest.mark.parametrize(
+    ("sig", "budget", "judged"),
+    [
+        (sent_load(400.0, answered=3561.0, sent=65.0), 100.0, (65.0, 400)),
+        (sent_load(400.0, answered=3561.0, sent=65.0), 500.0, (65.0, 400)),  # half the window
+        (sent_load(400.0, answered=3561.0, sent=65.0), 600.0, (3561.0, 1000)),  # too long
+        (load(400.0, p99=3561.0), 100.0, (3561.0, 1000)),  # an older edge: answered only
+        (replace(sent_load(400.0, answered=80.0, sent=0.0), window_s=0.0), 100.0, (80.0, 1000)),
+    ],
+    ids=["sent", "budget-half-window", "budget-near-window", "older-edge", "window-unknown"],
+)
+def test_which_p99_a_latency_target_judges(
+    sig: Signal, budget: float, judged: tuple[float, int]
+) -> None:
+    assert judged_p99(AutoscaleConfig(), budget, sig) == judged
+
+
+def test_p99_a_backlog_answered_late_after_a_scale_up_asks_for_nothing_more() -> None:
+    """The figures of the benchmark's window that took 6 instances to 7: the first
+    instance's backlog, sent before the scale-up, answered 3.5 s late (p99 of the answers
+    3561 ms) while the requests sent in the window were answered within 65 ms."""
+    st_ = at(6, bad=100.0, cap=100.0, over=True)  # the windows before were over the budget
+    backlog = sent_load(399.8, answered=3561.2, sent=65.2, done=417.7, at=1000.0)
+    got = decide(P99, st_, backlog, 0.0, ready=6, start=6, fit=20)
+    assert got.count == 6, got.decision
+    # the same window from an edge that only says the answers' p99: one more (the bias)
+    older = replace(backlog, p99_sent_ms=None)
+    assert decide(P99, st_, older, 0.0, ready=6, start=6, fit=20).count == 7
+    # while requests sent in the window are over the budget, it is short of capacity
+    short = replace(backlog, p99_sent_ms=240.0)
+    assert decide(P99, st_, short, 0.0, ready=6, start=6, fit=20).count == 7
+
+
+def test_merge_takes_the_worst_sent_p99_and_knows_when_an_edge_did_not_say() -> None:
+    new = {"arrival_rps": 10.0, "rps": 9.0, "requests": 9, "p99_ms": 900.0, "window_s": 1.0}
+    edges = [
+        {"apps": {"a": {**new, "sent": 10, "p99_sent_ms": 50.0, "stale": 3}}},
+        {"apps": {"a": {**new, "sent": 10, "p99_sent_ms": 70.0, "stale": 1}}},
+        {"apps": {"a": {**new, "sent": 0, "p99_sent_ms": 0.0, "arrival_rps": 0.0}}},
+    ]
+    _n, sig = merge_signals(edges)
+    assert (sig["a"].p99_sent_ms, sig["a"].sent, sig["a"].stale) == (70.0, 20, 4)
+    assert sig["a"].window_s == 1.0
+    _n, mixed = merge_signals([*edges, {"apps": {"a": new}}])  # an edge without it
+    assert mixed["a"].p99_sent_ms is None
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_edge_stats_judge_the_requests_sent_in_the_window() -> None:
+    """Answers to requests sent before the window are ``stale``; requests sent in it are
+    judged by their latency, or by their age at its end while still in flight."""
+    clock = FakeClock()
+    s = EdgeStats(0.0, clock=clock)
+    for _ in range(3):  # sent in the first window, answered in the second, 1.5 s late
+        s.begin("a")
+    clock.now = 1.0
+    first = s.signal(1.0)["a"]
+    assert (first["sent"], first["stale"]) == (3, 0)
+    assert first["p99_sent_ms"] == pytest.approx(1000, rel=0.06)  # in flight for 1 s
+    for i in range(100):  # the second window: 100 sent, answered in 20 ms
+        clock.now = 1.0 + i * 0.008
+        s.begin("a")
+        clock.now += 0.02
+        s.record("a", 200, 0.02)
+    clock.now = 1.9
+    s.begin("a")  # still in flight at the end: 0.1 s old
+    clock.now = 1.5
+    for _ in range(3):
+        s.record("a", 200, 1.5)
+    clock.now = 2.0
+    second = s.signal(2.0)["a"]
+    assert (second["sent"], second["requests"], second["stale"]) == (101, 103, 3)
+    assert second["p99_ms"] == pytest.approx(1500, rel=0.06)  # the answers: the backlog's
+    assert second["p99_sent_ms"] == pytest.approx(20, rel=0.06)  # the requests sent: not
+    clock.now = 2.0
+    third = s.signal(3.0)["a"]
+    assert third["sent"] == 0
+    assert third["p99_sent_ms"] == 0.0
+
+
+@dataclass
+class Fleet:
+    """A simulated app behind one edge: FIFO instances of ``capacity`` requests/s each,
+    the edge sending each request to the instance with the fewest outstanding, instances
+    ready ``start_s`` after the autoscaler asks for them. Deterministic (no randomness)."""
+
+    capacity: float = 100.0
+    start_s: float = 0.7
+    answered_only: bool = False  # an edge without ``p99_sent_ms`` (the old signal)
+
+    def run(self, rates: list[tuple[float, float]], end: float) -> list[int]:
+        """``rates``: (from, requests/s); the count decided at each second."""
+        clock = FakeClock()
+        stats = EdgeStats(0.0, clock=clock)
+        busy_until: list[float] = [0.0]  # per ready instance
+        queued: list[list[float]] = [[]]  # per instance: when its outstanding requests end
+        events: list[tuple[float, int, str, float]] = []
+        seq = count_from()
+
+        def push(t: float, kind: str, arg: float = 0.0) -> None:
+            heapq.heappush(events, (t, next(seq), kind, arg))
+
+        push(0.0, "arrive")
+        for k in range(1, int(end) + 1):
+            push(float(k), "tick")
+        state: ScaleState | None = None
+        counts: list[int] = []
+        ordered = 0
+        while events:
+            t, _n, kind, arg = heapq.heappop(events)
+            if t > end:
+                break
+            clock.now = t
+            if kind == "arrive":
+                rate = [r for since, r in rates if since <= t][-1]
+                push(t + 1.0 / rate, "arrive")
+                stats.begin("a")
+                for q in queued:
+                    while q and q[0] <= t:
+                        q.pop(0)
+                i = min(range(len(queued)), key=lambda j: (len(queued[j]), j))
+                busy_until[i] = max(t, busy_until[i]) + 1.0 / self.capacity
+                queued[i].append(busy_until[i])
+                push(busy_until[i], "answer", busy_until[i] - t)
+            elif kind == "answer":
+                stats.record("a", 200, arg)
+            elif kind == "ready":
+                ordered -= 1
+                busy_until.append(t)
+                queued.append([])
+            else:
+                figures = stats.signal(t)
+                if self.answered_only:
+                    for f in figures.values():
+                        del f["p99_sent_ms"]
+                sig = merge_signals([{"apps": figures, "at": t}])[1]["a"]
+                state = decide(P99, state, sig, t, ready=len(queued), start=1, fit=100)
+                for _ in range(state.count - len(queued) - ordered):
+                    ordered += 1
+                    push(t + self.start_s, "ready")
+                counts.append(state.count)
+        return counts
+
+
+def count_from() -> Iterator[int]:
+    n = 0
+    while True:
+        n += 1
+        yield n
+
+
+@pytest.mark.parametrize(
+    ("high", "step_at", "start_s", "fewer_than_answered"),
+    [
+        (400.0, 10.9, 0.7, True),  # the benchmark's step, late in a window
+        (400.0, 10.3, 0.7, False),
+        (650.0, 10.3, 0.7, True),
+        (900.0, 10.9, 2.0, True),  # slow starts: a long backlog
+        (250.0, 10.5, 1.2, False),
+    ],
+)
+def test_p99_a_step_settles_at_what_the_rate_needs_however_late_the_backlog_drains(
+    high: float, step_at: float, start_s: float, fewer_than_answered: bool
+) -> None:
+    """Each step leaves the first instance a backlog that other instances cannot take
+    (FIFO); it is answered seconds late, after the scale-up. Judged by the requests sent
+    in each window, the count goes up once or twice and stays at what the rate needs at
+    ≤ 90 % of the capacity (or one more); judged by the answers (the old signal), the
+    drained backlog asks for more in the cases marked."""
+    rates = [(0.0, 20.0), (step_at, high)]
+    counts = Fleet(start_s=start_s).run(rates, end=35.0)
+    need = math.ceil(high / 90.0)
+    assert counts[9] == 1
+    assert math.ceil(high / 100.0) <= counts[-1] <= need + 1, counts
+    assert counts[-15:] == [counts[-1]] * 15  # settled
+    assert reversals(counts) == 0
+    older = Fleet(start_s=start_s, answered_only=True).run(rates, end=35.0)
+    assert older[-1] >= counts[-1]
+    assert (older[-1] > counts[-1]) is fewer_than_answered, older
+
+
+@pytest.mark.parametrize(
+    ("windows", "expected"),
+    [
+        ([(135.0, 400.0)], 6),  # once a little over, keeping up: a blip, nothing moves
+        ([(135.0, 400.0), (60.0, 400.0), (135.0, 400.0)], 6),  # blips apart: still nothing
+        ([(135.0, 400.0), (135.0, 400.0)], 7),  # twice in a row: short of capacity
+        ([(240.0, 400.0)], 6),  # far over, once, keeping up: a blip too
+        ([(240.0, 400.0), (240.0, 400.0)], 7),  # twice: at once, the up window skipped
+        ([(135.0, 300.0)], 9),  # answers falling behind the arrivals: at once
+        ([(900.0, 100.0)], 20),  # far behind (a step): at once, as far as it needs
+    ],
+    ids=["blip", "blips-apart", "twice", "far-once", "far-twice", "falling-behind", "step"],
+)
+def test_p99_one_window_a_little_over_while_keeping_up_is_a_blip(
+    windows: list[tuple[float, float]], expected: int
+) -> None:
+    """The benchmark's second 9 on a busy machine: every instance a little slow for one
+    window (p99 135 ms, all 400 requests answered). It taught ``bad`` = 66 rps per instance
+    and asked for 7, kept for 5 minutes (a stall at 20 requests/s taught ``bad`` = 20 and
+    sent the step to the max); now it takes a second window in a row, or answers falling
+    behind the arrivals, to move the count."""
+    st_ = at(6, good=66.0, over=False, last_rps=400.0)
+    for i, (p99, done) in enumerate(windows):
+        sig = replace(sent_load(400.0, answered=p99, sent=p99, done=done), at=float(i))
+        st_ = decide(P99, st_, sig, float(i), ready=6, start=6, fit=20)
+    assert st_.count == expected, st_.decision
+    if expected == 6:
+        assert st_.bad == 0.0  # a blip teaches nothing
