@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import socket as Socket  # the method NetMesh.socket hides the module's name
 from typing import Any, Literal
 
 from bench.localmesh import billing_manifest  # the test garden's one app, short timers
@@ -337,6 +338,24 @@ class Host:
             return ""
 
 
+@dataclass(frozen=True)
+class InstanceProcess:
+    """A process of an instance, as /proc shows it (:meth:`NetMesh.instance_processes`)."""
+
+    host: str  # the host's short name
+    pid: int
+    app: str
+    instance_id: str
+
+
+def clock_ahead(offset_s: float) -> list[str]:
+    """A command prefix running a reconciler with its wall clock ``offset_s`` seconds off,
+    for :meth:`NetMesh.start`'s ``prefix`` (the reconciler's test-only
+    ``$MYCO_TEST_WALL_OFFSET_S``: libfaketime slowed the Python daemons down so much that
+    their fabric membership flapped, which is not the fault under test)."""
+    return ["env", f"MYCO_TEST_WALL_OFFSET_S={offset_s:g}"]
+
+
 def git(cwd: Path, *args: str) -> str:
     ident = ["-c", "user.name=harness", "-c", "user.email=harness@localhost"]
     return subprocess.run(
@@ -362,6 +381,7 @@ class NetMesh:
         instances: int = 2,
         warmup_s: float = 0.5,
         guide: Guide | None = None,
+        verbose: bool = False,
     ) -> None:
         if roles.count("agent") < 2:
             raise ValueError("the guide's two seeds are agent hosts: need two agents or more")
@@ -375,6 +395,8 @@ class NetMesh:
         self.profile = profile
         self.instances = instances
         self.warmup_s = warmup_s
+        self.verbose = verbose  # the daemons log at INFO (-v), for a post-mortem
+        self.prefixes: dict[str, list[str]] = {}  # host -> the prefix its daemon started with
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-")) if workdir is None else workdir
         self.hosts: list[Host] = []
@@ -421,6 +443,19 @@ class NetMesh:
                 self._join_token(h)
         self._operator()
         self._garden(plant)
+
+    def bring_up(self, timeout: float = 60.0) -> None:
+        """:meth:`setup` and start every host in the order that spreads the app: the
+        reconcilers first (agents enrol with them), then the agents; the app is committed
+        once every agent is in, so its first placement sees every node; then the edge."""
+        self.setup(plant=False)
+        first = [*self.role("reconciler"), *self.role("agent")]
+        self.start(first)
+        self.wait(
+            lambda: self.formed(first), timeout, "the agents to enrol and form with the reconcilers"
+        )
+        self.plant()
+        self.start(self.role("edge"))
 
     def _join_token(self, host: Host) -> None:
         """The guide's `myco cert token` line for ``host``, its output where the units read
@@ -552,12 +587,17 @@ class NetMesh:
                 raise GuideError(f"{leftover!r} was not substituted in {' '.join(words)}")
 
     def command(self, host: Host) -> list[str]:
-        return self.argv(self.guide.units[host.role], host)
+        words = self.argv(self.guide.units[host.role], host)
+        if self.verbose:  # [python, -m, reconciler, <verb>, ...]: the verb's option
+            words.insert(4, "-v")
+        return words
 
-    def start(self, hosts: Iterable[Host] | None = None) -> None:
-        """Start each host's daemon (its unit's ExecStart=) inside its namespace."""
+    def start(self, hosts: Iterable[Host] | None = None, *, prefix: Sequence[str] = ()) -> None:
+        """Start each host's daemon (its unit's ExecStart=) inside its namespace; ``prefix``
+        goes before the command (e.g. :func:`clock_ahead` for a clock that is off)."""
         for h in self.hosts if hosts is None else hosts:
-            argv = ["ip", "netns", "exec", h.name, *self.command(h)]
+            self.prefixes[h.name] = list(prefix)
+            argv = ["ip", "netns", "exec", h.name, *prefix, *self.command(h)]
             with h.log.open("ab") as out:
                 h.procs.append(
                     subprocess.Popen(
@@ -584,6 +624,17 @@ class NetMesh:
                 p.wait(timeout=5)
         return n
 
+    def stop_daemon(self, host: Host, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
+        """Stop ``host``'s daemon alone, by ``sig``, and wait until it has exited: its
+        instances (sessions of their own) keep running, as with the guide's
+        ``KillMode=process``; :meth:`start` runs it again."""
+        for p in host.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, sig)
+        for p in host.procs:
+            p.wait(timeout=timeout)
+
     def _nft(self, host: Host, script: str) -> None:
         out = subprocess.run(
             ["ip", "netns", "exec", host.name, "nft", "-f", "-"],
@@ -592,11 +643,9 @@ class NetMesh:
         if out.returncode != 0:
             raise RuntimeError(f"nft on {host.short}: {out.stderr.strip()}\n{script}")
 
-    def _rules(self, host: Host, direction: str, match: str) -> None:
-        if direction not in ("both", "in", "out"):
-            raise ValueError(f"direction: both, in or out, not {direction!r}")
-        rules_in = f'iifname "{host.veth}" {match} drop' if direction in ("both", "in") else ""
-        rules_out = f'oifname "{host.veth}" {match} drop' if direction in ("both", "out") else ""
+    def _install(self, host: Host, rules_in: str, rules_out: str) -> None:
+        """Replace ``host``'s harness rules by these (one nftables table with an input and an
+        output chain); an empty string installs no rule in that chain."""
         self.heal(host)
         head = "type filter hook {} priority -10; policy accept;"
         self._nft(
@@ -607,14 +656,45 @@ class NetMesh:
             "}\n",
         )
 
+    def _rules(self, host: Host, direction: str, match: str) -> None:
+        if direction not in ("both", "in", "out"):
+            raise ValueError(f"direction: both, in or out, not {direction!r}")
+        rules_in = f'iifname "{host.veth}" {match} drop' if direction in ("both", "in") else ""
+        rules_out = f'oifname "{host.veth}" {match} drop' if direction in ("both", "out") else ""
+        self._install(host, rules_in, rules_out)
+
     def partition(self, host: Host, direction: str = "both") -> None:
         """Cut ``host`` off from every other (and from the hub): its veth drops everything
         (``in``, ``out`` or ``both`` directions); its loopback keeps working."""
         self._rules(host, direction, "")
 
-    def loss(self, host: Host, percent: int, direction: str = "both") -> None:
-        """Drop ``percent``% of the packets on ``host``'s link, at random."""
-        self._rules(host, direction, f"numgen random mod 100 < {int(percent)}")
+    def loss(
+        self, host: Host, percent: int, direction: str = "both", *, spare_hub: bool = False
+    ) -> None:
+        """Drop ``percent``% of the packets on ``host``'s link, at random (``spare_hub``: not
+        those to or from the hub, where the harness and its load generators sit)."""
+        spare = f"ip saddr != {self.hub_addr} ip daddr != {self.hub_addr} " if spare_hub else ""
+        self._rules(host, direction, f"{spare}numgen random mod 100 < {int(percent)}")
+
+    def split(self, *groups: Sequence[Host]) -> None:
+        """The network split into ``groups``: a host reaches the hosts of its own group and
+        the hub, none of the other groups' (hosts in no group are left as they are)."""
+        for group in groups:
+            others = [h.addr for g in groups if g is not group for h in g]
+            if not others:
+                continue
+            addrs = ", ".join(others)
+            for h in group:
+                self._install(
+                    h,
+                    f'iifname "{h.veth}" ip saddr {{ {addrs} }} drop',
+                    f'oifname "{h.veth}" ip daddr {{ {addrs} }} drop',
+                )
+
+    def heal_all(self) -> None:
+        """Every host's harness rules removed."""
+        for h in self.hosts:
+            self.heal(h)
 
     def heal(self, host: Host) -> None:
         subprocess.run(
@@ -633,11 +713,11 @@ class NetMesh:
                 self._executors[ns] = ex
             return ex
 
-    def socket(self, ns: str | None = None) -> socket.socket:
+    def socket(self, ns: str | None = None) -> Socket:
         """A TCP socket in namespace ``ns`` (default: the hub), for use from any thread."""
         return self._executor(ns or self.hub).submit(socket.socket).result(timeout=10)
 
-    def socket_factory(self, ns: str | None = None) -> Callable[[], socket.socket]:
+    def socket_factory(self, ns: str | None = None) -> Callable[[], Socket]:
         return lambda: self.socket(ns)
 
     def http(
@@ -734,20 +814,25 @@ class NetMesh:
                 counts[m.group(1)] = int(float(m.group(2)))
         return counts
 
-    def sees_all_alive(self, host: Host, members: int | None = None) -> bool:
-        """``host`` sees ``members`` (default: every running host) members, all alive."""
+    def sees_all_alive(self, host: Host, members: int | None = None, strict: bool = True) -> bool:
+        """``host`` sees ``members`` (default: every running host) members, all alive
+        (``strict=False``: that many alive; members of a daemon's earlier life, dead or
+        gone under their old name, aside)."""
         n = members if members is not None else sum(1 for h in self.hosts if self.running(h))
         states = self.member_states(host)
         if not states:
             return False
         if host.role == "agent":
-            return len(states) == n and all(s == "alive" for s in states.values())
-        return states.get("alive") == n and not any(v for k, v in states.items() if k != "alive")
+            alive = sum(1 for s in states.values() if s == "alive")
+            return alive == n and (not strict or len(states) == n)
+        others = any(v for k, v in states.items() if k != "alive")
+        return states.get("alive") == n and not (strict and others)
 
-    def formed(self, hosts: Iterable[Host] | None = None) -> bool:
-        """Every (running) member sees every other alive."""
+    def formed(self, hosts: Iterable[Host] | None = None, strict: bool = True) -> bool:
+        """Every (running) member sees every other alive (``strict``: see
+        :meth:`sees_all_alive`)."""
         live = [h for h in (self.hosts if hosts is None else hosts) if self.running(h)]
-        return bool(live) and all(self.sees_all_alive(h, len(live)) for h in live)
+        return bool(live) and all(self.sees_all_alive(h, len(live), strict) for h in live)
 
     def running(self, host: Host) -> bool:
         return any(p.poll() is None for p in host.procs)
@@ -781,8 +866,10 @@ class NetMesh:
         for e in view["entries"]:
             v = e["value"]
             if e["key"] == "lease" and isinstance(v, dict) and e["owner"] in addr_of:
-                if float(v.get("expires_at", 0)) > now and (best is None or v["epoch"] > best[0]):
-                    best = (int(v["epoch"]), e["owner"])
+                # the lease rule's order: the highest (epoch, holder) wins a tie of epochs
+                mine = (int(v["epoch"]), str(e["owner"]))
+                if float(v.get("expires_at", 0)) > now and (best is None or mine > best):
+                    best = mine
         if best is None:
             return None
         host_addr = addr_of[best[1]].rsplit(":", 1)[0].strip("[]")
@@ -821,14 +908,36 @@ class NetMesh:
         """Host (short name) -> pids of the processes running ``app``'s instances there (the
         ground truth: read from /proc, whatever the fabric says)."""
         out: dict[str, list[int]] = {}
+        for p in self.instance_processes(app):
+            out.setdefault(p.host, []).append(p.pid)
+        return out
+
+    def instance_processes(self, app: str | None = "billing") -> list[InstanceProcess]:
+        """Every process of an instance (of ``app``; None: of any app) on this mesh's hosts,
+        in one pass over /proc: a process's network namespace says its host, its
+        environment (``MYCO_APP``, ``MYCO_INSTANCE``) what it runs. Cheap enough to sample
+        several times a second."""
+        hosts: dict[int, Host] = {}
         for h in self.hosts:
-            for pid in netns_pids(h.name):
-                try:
-                    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                except OSError:
+            with contextlib.suppress(OSError):
+                hosts[os.stat(f"/run/netns/{h.name}").st_ino] = h
+        out: list[InstanceProcess] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                ns = os.readlink(f"/proc/{entry}/ns/net")
+                host = hosts.get(int(ns[ns.index("[") + 1 : -1]))
+                if host is None:
                     continue
-                if f"MYCO_APP={app}".encode() in env:
-                    out.setdefault(h.short, []).append(pid)
+                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            except (OSError, ValueError):
+                continue  # gone meanwhile, or not a namespace we made
+            found = dict(v.split(b"=", 1) for v in env if v.startswith(b"MYCO_") and b"=" in v)
+            name = found.get(b"MYCO_APP", b"").decode(errors="replace")
+            iid = found.get(b"MYCO_INSTANCE", b"").decode(errors="replace")
+            if iid and (app is None or name == app):
+                out.append(InstanceProcess(host.short, int(entry), name, iid))
         return out
 
     def host_of_node(self, node: str) -> Host:

@@ -32,12 +32,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.aio import first_error, guard, wait_event
-from reconciler.core.autoscale import Autoscaler, annotate
+from reconciler.core.autoscale import Autoscaler, annotate, merge_signals
 from reconciler.core.model import (
     Actions,
     Actual,
@@ -293,6 +293,19 @@ class ReconcileLoop:
             if key == KEY_EDGE_STATS
         ]
         desired, decisions = self.autoscaler.apply(self.desired, actual, records, now)
+        if decisions and log.isEnabledFor(logging.DEBUG):  # the decision log, with signals
+            _edges, signals = merge_signals(records)
+            for app, d in decisions.items():
+                log.debug(
+                    "autoscale %s: signal %s; ready %d, %d -> %d (want %d): %s",
+                    app,
+                    json.dumps(asdict(signals[app]) if app in signals else {}),
+                    d.current,
+                    d.previous,
+                    d.desired,
+                    d.want,
+                    d.reason,
+                )
         for app, d in decisions.items():
             if d.direction != "hold":
                 log.info(

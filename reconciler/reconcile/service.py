@@ -69,7 +69,7 @@ from reconciler.identity.names import check_name, owner_matches
 from reconciler.identity.names import member_name as with_suffix
 from reconciler.logs import announce
 from reconciler.reconcile.builder import Overrides, SporeBuilder
-from reconciler.reconcile.lease import LeaseConfig
+from reconciler.reconcile.lease import LeaseConfig, wall_clock
 from reconciler.reconcile.loop import ReconcileLoop, ReconcileSettings, load_overrides
 from reconciler.reconcile.source import DirSource, GardenSource, GitSource
 
@@ -174,7 +174,7 @@ class ReconcileConfig:
 
     def settings(self) -> ReconcileSettings:
         ttl = self.lease_ttl_s
-        lease = LeaseConfig(ttl_s=ttl, renew_s=ttl / 3, settle_s=min(1.0, ttl / 4))
+        lease = LeaseConfig(ttl_s=ttl, renew_s=ttl / 3, settle_s=min(1.0, ttl / 4), startup_s=ttl)
         return ReconcileSettings(allow_empty=self.allow_empty, lease=lease)
 
 
@@ -415,7 +415,10 @@ async def open_member_parts(
             cache_dir=config.state / "build-cache",
             settings=BuildSettings(timeout_s=config.build_timeout_s),
         )
-        rec = ReconcileLoop(fabric, source, builder, settings, overrides=overrides)
+        rec = ReconcileLoop(
+            fabric, source, builder, settings, overrides=overrides, wall=wall_clock()
+        )
+        rec.lease.remember(config.state / "lease-epoch.json")
         ca = None
         if live is not None:
 

@@ -17,14 +17,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetMesh]:
         pytest.skip(reason)
     m = NetMesh(workdir=tmp_path_factory.mktemp("hosts"), poll_interval=1.0, warmup_s=0.5)
     try:
-        m.setup(plant=False)
-        # The reconcilers first (agents enrol with them), then the agents; the app is
-        # committed once every agent is in, so its first placement sees every node.
-        first = [*m.role("reconciler"), *m.role("agent")]
-        m.start(first)
-        m.wait(lambda: m.formed(first), 60, "the agents to enrol and form with the reconcilers")
-        m.plant()
-        m.start(m.role("edge"))
+        m.bring_up()  # reconcilers, agents, then the app, then the edge
         yield m
     finally:
         m.close()
